@@ -1,0 +1,28 @@
+# Every target bootstraps .venv on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SOURCES = pyproject.toml setup.py sharedarray/ext/segment.c
+
+.PHONY: demo test bench asan clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Editable install: the C extension is rebuilt when its sources change.
+$(VENV)/.installed-%: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q -e '.[$*]'
+	touch $@
+
+demo: $(VENV)/.installed-bench
+	$(BIN)/python -m sharedarray demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n auto tests
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info sharedarray/*.so

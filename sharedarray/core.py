@@ -1,0 +1,533 @@
+"""Named numpy arrays in POSIX shared memory or in files.
+
+This is the Python side of the core: it turns names into paths, dtypes and
+shapes into ``.npy`` headers and back, and segments (``sharedarray._ext``)
+into :class:`ndarray` objects.
+
+Segment layout
+--------------
+Every segment is a valid ``.npy`` file::
+
+    +--------------------------------------------+  offset 0
+    | \\x93NUMPY, version, header length          |
+    | {'descr': ..., 'fortran_order': ..., ...}  |
+    | #sharedarray:1:<token>:<pid>:<boot>:...    |  a Python comment: np.load
+    | spaces ... '\\n'                            |  ignores it
+    +--------------------------------------------+  4096 (or a multiple)
+    | data                                       |
+    +--------------------------------------------+
+
+so ``np.load('/dev/shm/NAME')`` reads it.  The comment carries a random token
+that identifies this very segment (a name deleted and created again gets a new
+one), the owner's pid, the boot id and the creation time.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import operator
+import os
+import random
+import re
+import sys
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _ext
+from ._ext import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Segment
+
+__all__ = [
+    "ndarray", "create", "attach", "delete", "exists", "from_array", "list",
+    "ArrayInfo", "Segment", "MS_ASYNC", "MS_SYNC", "MS_INVALIDATE",
+]
+
+_builtin_list = list
+
+SHM_DIR = "/dev/shm"
+_ALIGN = 4096                      # data starts on a page boundary
+_NAME_MAX = 255                    # Linux NAME_MAX for one path component
+_GENERATED_PREFIX = "sa-"          # names made by share() and the executor
+_MAX_GENERATED_NAME = 30           # macOS: 31 including the leading '/'
+_MAX_HEADER = 1 << 20              # refuse absurd headers instead of parsing them
+_MAXDIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_META_RE = re.compile(
+    rb"#sharedarray:1:([0-9a-f]{16}):(\d+):([0-9a-f]{32}):(\d+):([01])$")
+
+FLAG_TEMPORARY = 1
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")
+    except OSError:  # not Linux: best effort, stable for this boot
+        return format(int(time.time() - time.monotonic()), "032x")
+
+
+BOOT_ID: str = _read_boot_id()
+
+
+class ArrayInfo(NamedTuple):
+    """One entry of :func:`list`: an array this library created."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+    nbytes: int
+    pid: int
+    created: float
+    temporary: bool
+    token: str
+
+    @property
+    def dims(self) -> tuple:
+        """The shape (the name the old SharedArray library used)."""
+        return self.shape
+
+
+class Meta(NamedTuple):
+    """What a segment's header says; stored on ``Segment.meta``."""
+
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool
+    offset: int           # where the data starts
+    nbytes: int
+    token: str | None     # None for a .npy this library did not write
+    pid: int
+    boot: str | None
+    created: float
+    temporary: bool
+
+
+# ---------------------------------------------------------------- names
+
+class _Path(NamedTuple):
+    kind: int
+    canon: str     # one spelling per object: "x" for shm://x, file:///abs/path
+    path: str      # what the C core opens: "/name" for shm, a path for files
+    fspath: str    # the same object as a file-system path (Linux)
+    dir: str
+
+
+_path_cache: dict[str, _Path] = {}
+
+
+def _parse_name(name: Any) -> _Path:
+    """Map a user name to where it lives; ``ValueError`` names the rule broken."""
+    try:
+        return _path_cache[name]
+    except (KeyError, TypeError):
+        pass
+    if not isinstance(name, str):
+        raise TypeError(f"array names are str, not {type(name).__name__}")
+    if "\0" in name:
+        raise ValueError(f"invalid name {name!r}: it contains a NUL byte")
+    if name.startswith("file://"):
+        path = name[len("file://"):]
+        if not path:
+            raise ValueError(f"invalid name {name!r}: file:// needs a path")
+        path = os.path.abspath(path)
+        parsed = _Path(_ext.KIND_FILE, "file://" + path, path, path,
+                       os.path.dirname(path))
+    else:
+        if "://" in name:
+            scheme = name.split("://", 1)[0]
+            if scheme != "shm":
+                raise ValueError(f"invalid name {name!r}: unknown scheme "
+                                 f"{scheme!r} (use shm:// or file://)")
+            base = name[len("shm://"):]
+        else:
+            base = name
+        if not base:
+            raise ValueError(f"invalid name {name!r}: it is empty")
+        if "/" in base:
+            raise ValueError(f"invalid name {name!r}: shared memory names "
+                             f"cannot contain '/' (use file:// for paths)")
+        if base in (".", ".."):
+            raise ValueError(f"invalid name {name!r}: '.' and '..' are not names")
+        if len(base.encode()) > _NAME_MAX:
+            raise ValueError(f"invalid name {name!r}: longer than {_NAME_MAX} bytes")
+        parsed = _Path(_ext.KIND_SHM, base, "/" + base, SHM_DIR + "/" + base, SHM_DIR)
+    if len(_path_cache) > 4096:
+        _path_cache.clear()
+    _path_cache[name] = parsed
+    return parsed
+
+
+def generate_name(pid: int | None = None) -> str:
+    """A fresh name for a temporary: prefix, owner pid, random token."""
+    name = f"{_GENERATED_PREFIX}{os.getpid() if pid is None else pid}-{random.getrandbits(48):012x}"
+    assert len(name) <= _MAX_GENERATED_NAME
+    return name
+
+
+# ---------------------------------------------------------------- headers
+
+def _layout(shape: Any, dtype: Any, order: str) -> tuple[np.dtype, tuple, bool]:
+    """Normalise create()'s arguments the way numpy.zeros does."""
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"dtype {dt} holds Python objects, which cannot live "
+                        f"in shared memory")
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        shape = tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
+    if dt.subdtype is not None:          # ('f8', (2, 3)) appends its shape
+        shape = shape + dt.shape
+        dt = dt.base
+    if len(shape) > _MAXDIMS:
+        raise ValueError(f"{len(shape)} dimensions is more than numpy allows")
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+    return dt, shape, order == "F"
+
+
+def _encode_header(dt: np.dtype, shape: tuple, fortran: bool, meta: str) -> bytes:
+    """The .npy preamble + header, padded so that data starts on a page."""
+    descr = np.lib.format.dtype_to_descr(dt)
+    text = ("{'descr': %r, 'fortran_order': %r, 'shape': %r, } %s"
+            % (descr, fortran, shape, meta))
+    try:
+        body = text.encode("latin1")
+        version = 1
+    except UnicodeEncodeError:
+        body = text.encode("utf8")
+        version = 3
+    pre = 10 if version == 1 else 12
+    total = -(-(pre + len(body) + 1) // _ALIGN) * _ALIGN
+    if version == 1 and total - 10 > 0xFFFF:
+        version, pre = 2, 12
+    hlen = total - pre
+    body = body + b" " * (hlen - len(body) - 1) + b"\n"
+    size = hlen.to_bytes(2 if version == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([version, 0]) + size + body
+
+
+def _meta_comment(token: str, pid: int, temporary: bool) -> str:
+    return "#sharedarray:1:%s:%d:%s:%d:%d" % (
+        token, pid, BOOT_ID, int(time.time() * 1000), int(temporary))
+
+
+_header_cache: dict[bytes, Meta] = {}
+
+
+def parse_header(text: bytes, data_offset: int, name: str, version: int = 1) -> Meta:
+    """Validate a header's text; ``ValueError`` for anything malformed."""
+    meta = _header_cache.get(text)
+    if meta is not None and meta.offset == data_offset:
+        return meta
+    if len(text) > _MAX_HEADER:
+        raise ValueError(f"{name!r}: .npy header of {len(text)} bytes is too large")
+    try:
+        d = ast.literal_eval(text.decode("utf8" if version >= 3 else "latin1"))
+    except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError
+        raise ValueError(f"{name!r}: corrupt .npy header ({type(exc).__name__})") from None
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"{name!r}: .npy header lacks descr/fortran_order/shape")
+    shape, fortran = d["shape"], d["fortran_order"]
+    if (not isinstance(shape, tuple)
+            or not all(type(n) is int and n >= 0 for n in shape)):
+        raise ValueError(f"{name!r}: bad shape {shape!r} in .npy header")
+    if not isinstance(fortran, bool):
+        raise ValueError(f"{name!r}: bad fortran_order {fortran!r} in .npy header")
+    try:
+        dt = np.lib.format.descr_to_dtype(d["descr"])
+    except Exception as exc:
+        raise ValueError(f"{name!r}: bad dtype in .npy header: {exc}") from None
+    if dt.hasobject:
+        raise ValueError(f"{name!r}: dtype {dt} holds Python objects; "
+                         f"it cannot be mapped")
+    if len(shape) > _MAXDIMS:
+        raise ValueError(f"{name!r}: {len(shape)} dimensions in .npy header")
+    nbytes = dt.itemsize
+    for n in shape:
+        nbytes *= n
+    m = _META_RE.search(text)
+    if m:
+        token, pid, boot, ms, flags = m.groups()
+        meta = Meta(dt, shape, fortran, data_offset, nbytes, token.decode(),
+                    int(pid), boot.decode(), int(ms) / 1000, flags == b"1")
+    else:
+        meta = Meta(dt, shape, fortran, data_offset, nbytes, None, 0, None, 0.0, False)
+    if len(_header_cache) > 1024:
+        _header_cache.clear()
+    _header_cache[text] = meta
+    return meta
+
+
+# ---------------------------------------------------------------- ndarray
+
+class ndarray(np.ndarray):
+    """A numpy array whose memory is a shared segment.
+
+    Views and slices stay ``sharedarray.ndarray`` and share the memory; results
+    that do not live in shared memory (``a + 1``, ``a.copy()``,
+    ``copy.copy(a)``) are plain ``numpy.ndarray`` and full reductions are numpy
+    scalars.  ``arr.segment`` is the :class:`Segment` that owns the mapping.
+
+    Lifecycle: the mapping lives as long as any array or view on it.  The name
+    is independent: :func:`delete` removes it, and arrays already attached stay
+    valid.  Pickling sends a small handle, not the data (see
+    :func:`sharedarray.by_value`).
+    """
+
+    def __array_wrap__(self, obj: np.ndarray, context: Any = None,
+                       return_scalar: bool = False) -> Any:
+        if segment_of(obj) is None:
+            if type(obj) is not np.ndarray:
+                obj = obj.view(np.ndarray)
+            return obj[()] if return_scalar else obj
+        if return_scalar:
+            return obj[()]
+        return obj
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return _plain_if_private(super().__array_function__(func, types, args, kwargs))
+
+    def copy(self, order: str = "C") -> np.ndarray:  # type: ignore[override]
+        """A private (non-shared) copy, as a plain ``numpy.ndarray``."""
+        return np.array(self.view(np.ndarray), order=order, copy=True)
+
+    def __copy__(self) -> np.ndarray:
+        return self.view(np.ndarray).copy(order="K")
+
+    def __deepcopy__(self, memo: Any = None) -> np.ndarray:
+        return self.view(np.ndarray).copy(order="K")
+
+    def astype(self, *args: Any, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        """As ``numpy.ndarray.astype``; a new array is plain numpy."""
+        return _plain_if_private(super().astype(*args, **kwargs))
+
+    @property
+    def segment(self) -> Segment | None:
+        """The segment holding this array's memory, or None if not shared."""
+        return segment_of(self)
+
+
+def segment_of(arr: Any) -> Segment | None:
+    """The :class:`Segment` whose memory ``arr`` uses, or None."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if type(base) is memoryview:
+        base = base.obj
+    return base if type(base) is Segment else None
+
+
+def _plain_if_private(result: Any) -> Any:
+    if type(result) is ndarray:
+        return result if segment_of(result) is not None else result.view(np.ndarray)
+    if type(result) in (tuple, _builtin_list):
+        return type(result)(_plain_if_private(r) for r in result)
+    return result
+
+
+def view(seg: Segment, offset: int, shape: tuple, strides: tuple | None,
+         dtype: np.dtype, fortran: bool = False, writeable: bool = True) -> ndarray:
+    """An :class:`ndarray` over ``seg`` holding a buffer export on it."""
+    arr = np.ndarray.__new__(ndarray, shape, dtype, memoryview(seg), offset,
+                             strides, "F" if fortran else "C")
+    if not writeable and arr.flags.writeable:
+        arr.flags.writeable = False
+    return arr
+
+
+def wrap(seg: Segment, writeable: bool = True) -> ndarray:
+    """The whole array a segment holds."""
+    m = seg.meta
+    return view(seg, m.offset, m.shape, None, m.dtype, m.fortran, writeable)
+
+
+# ---------------------------------------------------------------- create / attach
+
+def _no_space(exc: OSError, name: str, p: _Path, size: int) -> OSError:
+    try:
+        st = os.statvfs(p.dir)
+        free = st.f_bavail * st.f_frsize
+        where = f"{p.dir} has {free:,} bytes free"
+    except OSError:
+        where = f"{p.dir} is full"
+    hint = ("mount a larger /dev/shm (docker run --shm-size=...) or use a file:// name"
+            if p.kind == _ext.KIND_SHM else "free space on that file system")
+    return OSError(errno.ENOSPC, f"cannot create {name!r}: the array needs "
+                   f"{size:,} bytes but {where}; {hint}", name)
+
+
+def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C",
+                   mode: int = 0o600, temporary: bool = False,
+                   owner: int | None = None) -> Segment:
+    """Create a segment (the mechanism behind :func:`create`)."""
+    p = _parse_name(name)
+    dt, shape, fortran = _layout(shape, dtype, order)
+    nbytes = dt.itemsize
+    for n in shape:
+        nbytes *= n
+    token = "%016x" % random.getrandbits(64)
+    pid = os.getpid() if owner is None else owner
+    header = _encode_header(dt, shape, fortran, _meta_comment(token, pid, temporary))
+    size = len(header) + nbytes
+    if size > sys.maxsize:
+        raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
+    tmp = f"{p.dir}/.sa-tmp-{os.getpid()}-{token}"
+    try:
+        seg = _ext.create(p.canon, p.path, p.kind, size, header, mode, True,
+                          p.fspath, p.dir, tmp)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _no_space(exc, name, p, size) from None
+        raise
+    seg.meta = Meta(dt, shape, fortran, len(header), nbytes, token, pid, BOOT_ID,
+                    time.time(), temporary)
+    return seg
+
+
+def attach_segment(name: str, ro: bool = False) -> Segment:
+    """Map an existing segment and validate its header (behind :func:`attach`)."""
+    p = _parse_name(name)
+    seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro)
+    meta = parse_header(text, offset, name, version)
+    if offset + meta.nbytes > seg.size:
+        raise ValueError(f"{name!r} is truncated or corrupt: its header describes "
+                         f"{meta.nbytes:,} bytes of data at offset {offset} but the "
+                         f"object holds {seg.size:,} bytes")
+    seg.meta = meta
+    return seg
+
+
+def create(name: str, shape: Any, dtype: Any = float, *, order: str = "C",
+           mode: int = 0o600) -> ndarray:
+    """Create a new zero-filled array in shared memory.
+
+    Parameters
+    ----------
+    name : str
+        ``"name"`` or ``"shm://name"`` for POSIX shared memory, ``"file://path"``
+        for a file.
+    shape, dtype, order
+        As for ``numpy.zeros``.
+    mode : int
+        Permission bits of the new object (umask applies).
+
+    Returns
+    -------
+    ndarray
+        The new array, writable.
+
+    Raises
+    ------
+    FileExistsError
+        The name exists.
+    OSError
+        ``errno.ENOSPC`` when the space cannot be reserved; nothing is left behind.
+    ValueError, TypeError
+        A bad name, shape or dtype (object dtypes are refused).
+    """
+    return wrap(create_segment(name, shape, dtype, order=order, mode=mode))
+
+
+def attach(name: str, ro: bool = False) -> ndarray:
+    """Map an existing array.
+
+    Parameters
+    ----------
+    name : str
+        As for :func:`create`; any ``.npy`` without Python objects attaches.
+    ro : bool
+        Map read-only: writes raise numpy's read-only ``ValueError``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such name.
+    PermissionError
+        The object's permissions forbid it.
+    ValueError
+        The object is not a valid ``.npy`` array, or is truncated or corrupt.
+    """
+    seg = attach_segment(name, ro)
+    return wrap(seg, not ro)
+
+
+def delete(name: str) -> None:
+    """Remove a name.  Attached arrays stay valid; ``FileNotFoundError`` if absent."""
+    p = _parse_name(name)
+    _ext.unlink(name, p.path, p.kind)
+
+
+def exists(name: str) -> bool:
+    """Whether ``name`` exists (whatever it holds)."""
+    p = _parse_name(name)
+    try:
+        _ext.stat(name, p.path, p.kind)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def from_array(name: str, array: Any, *, mode: int = 0o600) -> ndarray:
+    """Create ``name`` holding a copy of ``array`` (dtype, shape and C/F order kept)."""
+    src = np.asarray(array)
+    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    out = create(name, src.shape, src.dtype, order=order, mode=mode)
+    np.copyto(out, src, casting="no")
+    return out
+
+
+def _read_info(path: str, name: str) -> ArrayInfo | None:
+    """An :class:`ArrayInfo` if ``path`` holds an array this library made."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        pre = os.pread(fd, 12, 0)
+        if len(pre) < 10 or pre[:6] != b"\x93NUMPY" or pre[6] not in (1, 2, 3):
+            return None
+        n = 2 if pre[6] == 1 else 4
+        hlen = int.from_bytes(pre[8:8 + n], "little")
+        if hlen > _MAX_HEADER:
+            return None
+        text = os.pread(fd, hlen, 8 + n).rstrip(b" \n\0")
+        size = os.fstat(fd).st_size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        m = parse_header(text, 8 + n + hlen, name, pre[6])
+    except ValueError:
+        return None
+    if m.token is None or m.offset + m.nbytes > size:
+        return None
+    return ArrayInfo(name, m.dtype, m.shape, m.nbytes, m.pid, m.created,
+                     m.temporary, m.token)
+
+
+def list() -> _builtin_list[ArrayInfo]:  # noqa: A001 - the old library's name
+    """The arrays in ``/dev/shm`` that this library created (Linux only).
+
+    Foreign segments and anything unreadable are skipped.
+    """
+    if not os.path.isdir(SHM_DIR):
+        raise OSError(errno.ENOSYS, "list() needs /dev/shm (Linux)")
+    out = []
+    with os.scandir(SHM_DIR) as it:
+        for entry in it:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            info = _read_info(entry.path, entry.name)
+            if info is not None:
+                out.append(info)
+    out.sort(key=lambda i: i.name)
+    return out

@@ -1,0 +1,847 @@
+/*
+ * sharedarray._ext -- the mechanism under sharedarray.
+ *
+ * One type, Segment, owns one shared mapping of a POSIX shared memory object
+ * or of a regular file.  Module functions create (atomically, with the space
+ * reserved up front), attach, unlink and stat such objects.  Everything about
+ * names, dtypes, headers and ownership policy lives in Python.
+ *
+ * Lifetime: a Segment unmaps its memory only in its deallocator.  Every numpy
+ * array built on it holds a buffer export (bf_getbuffer) and therefore a
+ * reference, so no array can outlive the mapping it points into.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define KIND_SHM 0
+#define KIND_FILE 1
+
+/* .npy: 6 magic bytes, 2 version bytes, then a 2-byte (v1) or 4-byte (v2, v3)
+ * little-endian header length. */
+#define NPY_MAGIC "\x93NUMPY"
+#define NPY_MAGIC_LEN 6
+
+#ifndef MAP_POPULATE
+#define MAP_POPULATE 0
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Segment type                                                         */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    void *addr;           /* NULL until mapped */
+    Py_ssize_t size;      /* bytes mapped */
+    PyObject *name;       /* the user-facing name, as given */
+    int readonly;
+    Py_ssize_t exports;   /* live buffer exports */
+    PyObject *meta;       /* what Python knows of the contents (header) */
+    PyObject *weakreflist;
+} Segment;
+
+typedef struct {
+    PyTypeObject *segment_type;
+} module_state;
+
+static module_state *
+get_state(PyObject *module)
+{
+    return (module_state *)PyModule_GetState(module);
+}
+
+static void
+unmap(void *addr, Py_ssize_t size)
+{
+    if (addr == NULL) {
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    munmap(addr, (size_t)size);
+    Py_END_ALLOW_THREADS
+}
+
+static int
+Segment_traverse(Segment *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->meta);
+    return 0;
+}
+
+static int
+Segment_clear(Segment *self)
+{
+    Py_CLEAR(self->meta);
+    return 0;
+}
+
+static void
+Segment_dealloc(Segment *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    unmap(self->addr, self->size);
+    self->addr = NULL;
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->meta);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Segment_new_disallowed(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyErr_SetString(PyExc_TypeError,
+                    "Segment objects are made by create() and attach()");
+    return NULL;
+}
+
+static Segment *
+segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
+{
+    Segment *self = PyObject_GC_New(Segment, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->addr = NULL;
+    self->size = 0;
+    self->exports = 0;
+    self->weakreflist = NULL;
+    self->meta = NULL;
+    self->readonly = readonly;
+    Py_INCREF(name);
+    self->name = name;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+static int
+Segment_getbuffer(Segment *self, Py_buffer *view, int flags)
+{
+    if (self->addr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "segment is not mapped");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->size,
+                          self->readonly, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+Segment_releasebuffer(Segment *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static int
+check_mapped(Segment *self)
+{
+    if (self->addr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "segment is not mapped");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Segment_msync(Segment *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"flags", NULL};
+    int flags = MS_SYNC;
+    int rc;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i:msync", kwlist, &flags)) {
+        return NULL;
+    }
+    if (check_mapped(self) < 0) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = msync(self->addr, (size_t)self->size, flags);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->name);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_mlock(Segment *self, PyObject *Py_UNUSED(ignored))
+{
+    int rc;
+    if (check_mapped(self) < 0) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = mlock(self->addr, (size_t)self->size);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->name);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_munlock(Segment *self, PyObject *Py_UNUSED(ignored))
+{
+    int rc;
+    if (check_mapped(self) < 0) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = munlock(self->addr, (size_t)self->size);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->name);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_get_addr(Segment *self, void *closure)
+{
+    return PyLong_FromVoidPtr(self->addr);
+}
+
+static PyObject *
+Segment_get_size(Segment *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->size);
+}
+
+static PyObject *
+Segment_get_readonly(Segment *self, void *closure)
+{
+    return PyBool_FromLong(self->readonly);
+}
+
+static PyObject *
+Segment_get_exports(Segment *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->exports);
+}
+
+static PyObject *
+Segment_repr(Segment *self)
+{
+    return PyUnicode_FromFormat("<sharedarray.Segment name=%R size=%zd%s>",
+                                self->name, self->size,
+                                self->readonly ? " readonly" : "");
+}
+
+static PyMethodDef Segment_methods[] = {
+    {"msync", (PyCFunction)(void (*)(void))Segment_msync,
+     METH_VARARGS | METH_KEYWORDS,
+     "msync(flags=MS_SYNC)\n--\n\nFlush the mapping to its backing object."},
+    {"mlock", (PyCFunction)Segment_mlock, METH_NOARGS,
+     "mlock()\n--\n\nLock the mapping's pages in memory."},
+    {"munlock", (PyCFunction)Segment_munlock, METH_NOARGS,
+     "munlock()\n--\n\nUnlock the mapping's pages."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Segment_getset[] = {
+    {"addr", (getter)Segment_get_addr, NULL, "address of the mapping", NULL},
+    {"size", (getter)Segment_get_size, NULL, "bytes mapped", NULL},
+    {"readonly", (getter)Segment_get_readonly, NULL, "mapped read-only", NULL},
+    {"exports", (getter)Segment_get_exports, NULL,
+     "number of live buffer exports", NULL},
+    {NULL},
+};
+
+static PyMemberDef Segment_members[] = {
+    {"name", T_OBJECT, offsetof(Segment, name), READONLY, "the segment's name"},
+    {"meta", T_OBJECT, offsetof(Segment, meta), 0,
+     "what the Python layer parsed from the header (None until set)"},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Segment, weakreflist),
+     READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot Segment_slots[] = {
+    {Py_tp_doc, "One shared mapping; unmapped when the last user goes."},
+    {Py_tp_dealloc, Segment_dealloc},
+    {Py_tp_traverse, Segment_traverse},
+    {Py_tp_clear, Segment_clear},
+    {Py_tp_new, Segment_new_disallowed},
+    {Py_tp_repr, Segment_repr},
+    {Py_tp_methods, Segment_methods},
+    {Py_tp_getset, Segment_getset},
+    {Py_tp_members, Segment_members},
+    {Py_bf_getbuffer, Segment_getbuffer},
+    {Py_bf_releasebuffer, Segment_releasebuffer},
+    {0, NULL},
+};
+
+static PyType_Spec Segment_spec = {
+    .name = "sharedarray._ext.Segment",
+    .basicsize = sizeof(Segment),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Segment_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* Opening names                                                        */
+/* ------------------------------------------------------------------ */
+
+/* Open an existing object; returns an fd or -1 with errno set.
+ * Called without the GIL. */
+static int
+open_existing(const char *path, int kind, int flags)
+{
+    int fd;
+    do {
+        if (kind == KIND_SHM) {
+            fd = shm_open(path, flags | O_CLOEXEC, 0);
+        }
+        else {
+            fd = open(path, flags | O_CLOEXEC);
+        }
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static PyObject *
+raise_errno(int err, PyObject *name)
+{
+    errno = err;
+    return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+}
+
+/* ------------------------------------------------------------------ */
+/* create                                                               */
+/* ------------------------------------------------------------------ */
+
+/* Reserve `size` bytes; posix_fallocate returns its error, it does not
+ * set errno.  Returns 0 or an errno value. */
+static int
+reserve(int fd, off_t size)
+{
+    int err;
+    do {
+        err = posix_fallocate(fd, 0, size);
+    } while (err == EINTR);
+    if (err == EOPNOTSUPP || err == EINVAL) {
+        /* No fallocate on this file system (or object type, e.g. macOS shm):
+         * size it without reservation. */
+        if (ftruncate(fd, size) < 0) {
+            return errno;
+        }
+        return 0;
+    }
+    return err;
+}
+
+#ifdef __linux__
+/* Make an unnamed file in `dir` (O_TMPFILE).  Returns fd or -1. */
+static int
+open_unnamed(const char *dir, mode_t mode)
+{
+#ifdef O_TMPFILE
+    int fd;
+    do {
+        fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+#else
+    errno = EOPNOTSUPP;
+    return -1;
+#endif
+}
+
+/* Give the unnamed file `fd` the name `path`; fails with EEXIST if the name
+ * is taken, which makes creation atomic: the name appears only once the
+ * object is complete.  Returns 0 or -1 with errno set. */
+static int
+publish_unnamed(int fd, const char *path)
+{
+    char proc[64];
+    if (linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) == 0) {
+        return 0;
+    }
+    if (errno == EEXIST) {
+        return -1;
+    }
+    /* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc works without it. */
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+}
+#endif
+
+typedef struct {
+    const char *path;      /* shm name ("/x") or file path */
+    const char *fspath;    /* Linux: the path of the final name in a file system */
+    const char *dir;       /* Linux: its directory */
+    const char *tmppath;   /* fallback: a unique temporary name in dir */
+    int kind;
+    mode_t mode;
+    off_t size;
+    int populate;
+    const char *header;
+    Py_ssize_t header_len;
+} create_args;
+
+/* Fill fd: reserve the space, map it, write the header.  Returns the
+ * mapping or MAP_FAILED with *err set.  Called without the GIL. */
+static void *
+fill(int fd, const create_args *a, int *err)
+{
+    void *addr;
+    int flags = MAP_SHARED | (a->populate ? MAP_POPULATE : 0);
+    *err = reserve(fd, a->size);
+    if (*err != 0) {
+        return MAP_FAILED;
+    }
+    addr = mmap(NULL, (size_t)a->size, PROT_READ | PROT_WRITE, flags, fd, 0);
+    if (addr == MAP_FAILED) {
+        *err = errno;
+        return MAP_FAILED;
+    }
+    memcpy(addr, a->header, (size_t)a->header_len);
+    return addr;
+}
+
+/* Atomic creation.  Returns the mapping, or MAP_FAILED with *err set and
+ * nothing left behind.  Called without the GIL. */
+static void *
+create_mapping(const create_args *a, int *err)
+{
+    int fd = -1;
+    void *addr = MAP_FAILED;
+    const char *made = NULL;   /* a name this call created, to undo */
+
+#ifdef __linux__
+    fd = open_unnamed(a->dir, a->mode);
+    if (fd >= 0) {
+        addr = fill(fd, a, err);
+        if (addr == MAP_FAILED) {
+            goto error;
+        }
+        if (publish_unnamed(fd, a->fspath) < 0) {
+            *err = errno;
+            goto error;
+        }
+        goto done;
+    }
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+        *err = errno;
+        goto error;
+    }
+    /* No O_TMPFILE here: fill a unique temporary name, then link it. */
+    do {
+        fd = open(a->tmppath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, a->mode);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        *err = errno;
+        goto error;
+    }
+    made = a->tmppath;
+    addr = fill(fd, a, err);
+    if (addr == MAP_FAILED) {
+        goto error;
+    }
+    if (link(a->tmppath, a->fspath) < 0) {
+        *err = errno;
+        goto error;
+    }
+    unlink(a->tmppath);
+    made = NULL;
+    goto done;
+#else
+    /* POSIX without O_TMPFILE: exclusive create under the final name. */
+    if (a->kind == KIND_SHM) {
+        fd = shm_open(a->path, O_RDWR | O_CREAT | O_EXCL, a->mode);
+    }
+    else {
+        fd = open(a->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, a->mode);
+    }
+    if (fd < 0) {
+        *err = errno;
+        goto error;
+    }
+    made = a->path;
+    addr = fill(fd, a, err);
+    if (addr == MAP_FAILED) {
+        goto error;
+    }
+    made = NULL;
+    goto done;
+#endif
+
+error:
+    if (addr != MAP_FAILED) {
+        munmap(addr, (size_t)a->size);
+        addr = MAP_FAILED;
+    }
+    if (made != NULL) {
+        if (a->kind == KIND_SHM && made == a->path) {
+            shm_unlink(made);
+        }
+        else {
+            unlink(made);
+        }
+    }
+done:
+    if (fd >= 0) {
+        close(fd);
+    }
+    return addr;
+}
+
+static PyObject *
+ext_create(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "path", "kind", "size", "header", "mode",
+                             "populate", "fspath", "dir", "tmppath", NULL};
+    PyObject *name;
+    create_args a = {0};
+    Py_buffer header = {0};
+    Py_ssize_t size;
+    unsigned int mode;
+    int err = 0;
+    void *addr;
+    Segment *seg = NULL;
+    PyObject *result = NULL;
+
+    a.fspath = a.dir = a.tmppath = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usiny*Ip|zzz:create", kwlist,
+                                     &name, &a.path, &a.kind, &size, &header,
+                                     &mode, &a.populate, &a.fspath, &a.dir,
+                                     &a.tmppath)) {
+        return NULL;
+    }
+    if (size <= 0 || header.len > size) {
+        PyErr_SetString(PyExc_ValueError, "size must cover the header");
+        goto cleanup;
+    }
+#ifdef __linux__
+    if (a.fspath == NULL || a.dir == NULL || a.tmppath == NULL) {
+        PyErr_SetString(PyExc_ValueError, "fspath, dir and tmppath are required");
+        goto cleanup;
+    }
+#endif
+    a.size = (off_t)size;
+    a.mode = (mode_t)mode;
+    a.header = header.buf;
+    a.header_len = header.len;
+
+    seg = segment_alloc(get_state(module)->segment_type, name, 0);
+    if (seg == NULL) {
+        goto cleanup;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    addr = create_mapping(&a, &err);
+    Py_END_ALLOW_THREADS
+    if (addr == MAP_FAILED) {
+        raise_errno(err, name);
+        goto cleanup;
+    }
+    seg->addr = addr;
+    seg->size = size;
+    result = (PyObject *)seg;
+    seg = NULL;
+
+cleanup:
+    Py_XDECREF(seg);
+    PyBuffer_Release(&header);
+    return result;
+}
+
+/* ------------------------------------------------------------------ */
+/* attach                                                               */
+/* ------------------------------------------------------------------ */
+
+static uint32_t
+read_le(const unsigned char *p, int n)
+{
+    uint32_t v = 0;
+    for (int i = n - 1; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+/* Check the .npy preamble of a mapping; returns the header text (without
+ * its trailing padding) and the data offset, or sets ValueError. */
+static PyObject *
+parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
+               Py_ssize_t *data_offset, int *version)
+{
+    int major, lenbytes;
+    Py_ssize_t start, hlen, end;
+
+    if (size < NPY_MAGIC_LEN + 4 || memcmp(p, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%R is not a .npy array (bad magic or too short: %zd bytes)",
+                     name, size);
+        return NULL;
+    }
+    major = p[6];
+    if (major < 1 || major > 3 || p[7] != 0) {
+        PyErr_Format(PyExc_ValueError, "%R: unsupported .npy version %d.%d",
+                     name, major, p[7]);
+        return NULL;
+    }
+    *version = major;
+    lenbytes = major == 1 ? 2 : 4;
+    start = 8 + lenbytes;
+    if (size < start) {
+        PyErr_Format(PyExc_ValueError, "%R: truncated .npy preamble", name);
+        return NULL;
+    }
+    hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
+    if (hlen > size - start) {
+        PyErr_Format(PyExc_ValueError,
+                     "%R: header length %zd runs past the end of the %zd-byte "
+                     "object", name, hlen, size);
+        return NULL;
+    }
+    end = start + hlen;
+    while (end > start && (p[end - 1] == ' ' || p[end - 1] == '\n' ||
+                           p[end - 1] == '\0')) {
+        end--;
+    }
+    *data_offset = start + hlen;
+    return PyBytes_FromStringAndSize((const char *)p + start, end - start);
+}
+
+/* open + fstat + mmap + close.  Called without the GIL.  Returns the mapping
+ * or MAP_FAILED with *err set (0 and *kind_err set for "not a regular file"). */
+static void *
+map_existing(const char *path, int kind, int readonly, int populate,
+             Py_ssize_t *size, int *err)
+{
+    struct stat st;
+    void *addr = MAP_FAILED;
+    int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
+    int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
+    int fd = open_existing(path, kind, readonly ? O_RDONLY : O_RDWR);
+
+    if (fd < 0) {
+        *err = errno;
+        return MAP_FAILED;
+    }
+    if (fstat(fd, &st) < 0) {
+        *err = errno;
+        goto cleanup;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
+        *err = 0;
+        *size = S_ISREG(st.st_mode) ? 0 : -1;
+        goto cleanup;
+    }
+    *size = (Py_ssize_t)st.st_size;
+    addr = mmap(NULL, (size_t)st.st_size, prot, flags, fd, 0);
+    if (addr == MAP_FAILED) {
+        *err = errno;
+    }
+cleanup:
+    close(fd);
+    return addr;
+}
+
+static PyObject *
+ext_attach(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "path", "kind", "readonly", "populate", NULL};
+    PyObject *name;
+    const char *path;
+    int kind, readonly, populate = 0, err = 0, version = 0;
+    Py_ssize_t size = 0, data_offset = 0;
+    void *addr;
+    Segment *seg = NULL;
+    PyObject *header = NULL, *result = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usip|p:attach", kwlist, &name,
+                                     &path, &kind, &readonly, &populate)) {
+        return NULL;
+    }
+    seg = segment_alloc(get_state(module)->segment_type, name, readonly);
+    if (seg == NULL) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    addr = map_existing(path, kind, readonly, populate, &size, &err);
+    Py_END_ALLOW_THREADS
+    if (addr == MAP_FAILED) {
+        if (err != 0) {
+            raise_errno(err, name);
+        }
+        else if (size < 0) {
+            PyErr_Format(PyExc_ValueError, "%R is not a regular file", name);
+        }
+        else {
+            PyErr_Format(PyExc_ValueError, "%R is empty: not a .npy array", name);
+        }
+        goto cleanup;
+    }
+    seg->addr = addr;
+    seg->size = size;
+    header = parse_preamble(addr, size, name, &data_offset, &version);
+    if (header == NULL) {
+        goto cleanup;
+    }
+    result = Py_BuildValue("(OOni)", seg, header, data_offset, version);
+
+cleanup:
+    Py_XDECREF(header);
+    Py_XDECREF(seg);
+    return result;
+}
+
+/* ------------------------------------------------------------------ */
+/* unlink, stat                                                         */
+/* ------------------------------------------------------------------ */
+
+static PyObject *
+ext_unlink(PyObject *module, PyObject *args)
+{
+    PyObject *name;
+    const char *path;
+    int kind, rc;
+    if (!PyArg_ParseTuple(args, "Usi:unlink", &name, &path, &kind)) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = kind == KIND_SHM ? shm_unlink(path) : unlink(path);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    Py_RETURN_NONE;
+}
+
+/* (size, mtime, uid, mode) of an existing object. */
+static PyObject *
+ext_stat(PyObject *module, PyObject *args)
+{
+    PyObject *name;
+    const char *path;
+    int kind, fd, rc = -1, err = 0;
+    struct stat st;
+    if (!PyArg_ParseTuple(args, "Usi:stat", &name, &path, &kind)) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fd = open_existing(path, kind, O_RDONLY);
+    if (fd >= 0) {
+        rc = fstat(fd, &st);
+        err = errno;
+        close(fd);
+    }
+    else {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return raise_errno(err, name);
+    }
+    return Py_BuildValue("(LdII)", (long long)st.st_size, (double)st.st_mtime,
+                         (unsigned int)st.st_uid, (unsigned int)st.st_mode);
+}
+
+/* ------------------------------------------------------------------ */
+/* module                                                               */
+/* ------------------------------------------------------------------ */
+
+static PyMethodDef ext_methods[] = {
+    {"create", (PyCFunction)(void (*)(void))ext_create,
+     METH_VARARGS | METH_KEYWORDS,
+     "Atomically create, reserve, map and fill the header of a new object."},
+    {"attach", (PyCFunction)(void (*)(void))ext_attach,
+     METH_VARARGS | METH_KEYWORDS,
+     "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
+    {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
+    {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+ext_exec(PyObject *module)
+{
+    module_state *state = get_state(module);
+    state->segment_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &Segment_spec, NULL);
+    if (state->segment_type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, state->segment_type) < 0) {
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "MS_ASYNC", MS_ASYNC) < 0 ||
+        PyModule_AddIntConstant(module, "MS_SYNC", MS_SYNC) < 0 ||
+        PyModule_AddIntConstant(module, "MS_INVALIDATE", MS_INVALIDATE) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_SHM", KIND_SHM) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_FILE", KIND_FILE) < 0) {
+        return -1;
+    }
+#ifdef __linux__
+    if (PyModule_AddIntConstant(module, "ATOMIC_CREATE", 1) < 0) {
+        return -1;
+    }
+#else
+    if (PyModule_AddIntConstant(module, "ATOMIC_CREATE", 0) < 0) {
+        return -1;
+    }
+#endif
+    return 0;
+}
+
+static int
+ext_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    Py_VISIT(get_state(module)->segment_type);
+    return 0;
+}
+
+static int
+ext_clear(PyObject *module)
+{
+    Py_CLEAR(get_state(module)->segment_type);
+    return 0;
+}
+
+static void
+ext_free(void *module)
+{
+    ext_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot ext_slots[] = {
+    {Py_mod_exec, ext_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef ext_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sharedarray._ext",
+    .m_doc = "Shared memory segments: create, attach, unlink, stat.",
+    .m_size = sizeof(module_state),
+    .m_methods = ext_methods,
+    .m_slots = ext_slots,
+    .m_traverse = ext_traverse,
+    .m_clear = ext_clear,
+    .m_free = ext_free,
+};
+
+PyMODINIT_FUNC
+PyInit__ext(void)
+{
+    return PyModuleDef_Init(&ext_module);
+}

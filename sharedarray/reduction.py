@@ -1,0 +1,244 @@
+"""Pickling shared arrays as handles, and process-owned temporaries.
+
+A :class:`sharedarray.ndarray` (or any view of one) pickles as a handle::
+
+    (name, token, boot, offset, shape, strides, dtype-or-None, writeable)
+
+of a few hundred bytes at most, whatever the array's size.  Unpickling it in
+any process on the machine attaches the segment (once per process: a weak
+attach cache) and rebuilds the exact view.  The reducer is registered in
+:mod:`copyreg`, so pickle, multiprocessing, concurrent.futures, cloudpickle and
+joblib/loky all use it.
+
+The token identifies one segment: a name that was deleted and created again
+has a different one, and the handle then raises :class:`StaleHandleError`
+rather than show other data.  The boot id does the same for handles that come
+from another machine or an earlier boot (:class:`ForeignHostError`).
+
+:func:`share` makes an anonymous copy owned by this process: the name is
+unlinked when the last array on it dies here, at exit, or - through the
+standard library's resource tracker - when the process is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copyreg
+import functools
+import os
+import weakref
+from multiprocessing import resource_tracker
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import _ext
+from .core import (BOOT_ID, Segment, attach_segment, create_segment,
+                   generate_name, ndarray, segment_of, view)
+
+__all__ = ["StaleHandleError", "ForeignHostError", "by_value", "share",
+           "init_reductions", "reduce_ndarray", "rebuild_ndarray"]
+
+_TRACKER_TYPE = "shared_memory"   # the stdlib tracker shm_unlink()s these
+
+
+class StaleHandleError(LookupError):
+    """A handle's name now holds a different array (deleted and re-created)."""
+
+
+class ForeignHostError(LookupError):
+    """A handle was made on another machine or before a reboot."""
+
+
+_by_value: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sharedarray_by_value", default=False)
+
+
+@contextlib.contextmanager
+def by_value() -> Iterator[None]:
+    """Inside this context, shared arrays pickle as ordinary arrays (data copied).
+
+    Use it to store arrays in a file: outside it, ``pickle.dump`` stores a
+    reference to shared memory, valid only while the segment exists.
+    The setting is per thread and per asyncio task.
+    """
+    token = _by_value.set(True)
+    try:
+        yield
+    finally:
+        _by_value.reset(token)
+
+
+# ---------------------------------------------------------------- attach cache
+
+# name -> weakref to the Segment this process maps for it.  Weak: when the last
+# array on a segment goes, so does the mapping.  Both pickling and unpickling
+# fill it, so a handle unpickled in the process that made it reuses the mapping.
+_cache: dict[str, weakref.ref] = {}
+
+
+def _cached(name: str, token: str | None) -> Segment | None:
+    ref = _cache.get(name)
+    if ref is None:
+        return None
+    seg = ref()
+    if seg is None or seg.meta.token != token:
+        return None
+    return seg
+
+
+def _remember(seg: Segment) -> None:
+    """Cache ``seg`` for its name, preferring a writable mapping."""
+    name = seg.name
+    ref = _cache.get(name)
+    old = ref() if ref is not None else None
+    if old is seg:
+        return
+    if (old is not None and seg.readonly and not old.readonly
+            and old.meta.token == seg.meta.token):
+        return
+    _cache[name] = weakref.ref(seg, functools.partial(_forget, name))
+
+
+def _forget(name: str, ref: weakref.ref) -> None:
+    if _cache.get(name) is ref:
+        del _cache[name]
+
+
+# ---------------------------------------------------------------- reducers
+
+def _by_value_reduce(arr: np.ndarray) -> tuple:
+    # The plain view pickles through numpy's own reducer (protocol 5 buffers too).
+    return np.asarray, (arr.view(np.ndarray),)
+
+
+def reduce_ndarray(arr: ndarray) -> tuple:
+    """copyreg reducer: a handle if the memory is in a segment, else the data."""
+    if _by_value.get():
+        return _by_value_reduce(arr)
+    seg = segment_of(arr)
+    if seg is None or seg.meta is None or arr.size == 0:
+        return _by_value_reduce(arr)
+    _remember(seg)
+    meta = seg.meta
+    offset = arr.__array_interface__["data"][0] - seg.addr
+    dtype = None if arr.dtype == meta.dtype else arr.dtype
+    return rebuild_ndarray, (seg.name, meta.token, meta.boot, offset, arr.shape,
+                             arr.strides, dtype, arr.flags.writeable)
+
+
+def _segment_for(name: str, token: str | None, boot: str | None,
+                 writeable: bool) -> Segment:
+    if boot is not None and boot != BOOT_ID:
+        raise ForeignHostError(
+            f"shared array {name!r} was pickled on another machine or before a "
+            f"reboot (boot id {boot}, here {BOOT_ID}); its memory is not here")
+    seg = _cached(name, token)
+    if seg is not None and (seg.readonly is False or not writeable):
+        return seg
+    try:
+        seg = attach_segment(name, ro=not writeable)
+    except PermissionError:
+        if not writeable:
+            raise
+        seg = attach_segment(name, ro=True)
+    if seg.meta.token != token:
+        raise StaleHandleError(
+            f"shared array {name!r} was deleted and created again since this "
+            f"handle was made; the handle refers to memory that is gone")
+    _remember(seg)
+    return seg
+
+
+def rebuild_ndarray(name: str, token: str | None, boot: str | None, offset: int,
+                    shape: tuple, strides: tuple, dtype: np.dtype | None,
+                    writeable: bool) -> ndarray:
+    """Unpickle a handle: attach (cached) and rebuild the exact view."""
+    seg = _segment_for(name, token, boot, writeable)
+    return view(seg, offset, shape, strides,
+                seg.meta.dtype if dtype is None else dtype, False,
+                writeable and not seg.readonly)
+
+
+# ---------------------------------------------------------------- share()
+
+def _release(name: str, path: str, kind: int, pid: int,
+             unlink: Any = _ext.unlink, unregister: Any = resource_tracker.unregister,
+             getpid: Any = os.getpid) -> None:
+    """Finalizer of an owned segment: unlink it and tell the tracker.
+
+    Bound arguments only: finalizers may run at interpreter shutdown.  A
+    forked child inherits the finalizer but must not act on it.
+    """
+    if getpid() != pid:
+        return
+    try:
+        unlink(name, path, kind)
+    except OSError:
+        pass          # already deleted by hand
+    try:
+        unregister(path, _TRACKER_TYPE)
+    except Exception:
+        pass
+
+
+def own(seg: Segment, registered: bool = False) -> None:
+    """Make this process the owner of ``seg``: unlink it when it dies here.
+
+    ``registered`` says the tracker already knows the name (a worker
+    registered it before handing it over).
+    """
+    path = "/" + seg.name
+    if not registered:
+        resource_tracker.register(path, _TRACKER_TYPE)
+    weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, os.getpid())
+
+
+def share_segment(array: np.ndarray, owner: int | None = None) -> Segment:
+    """Copy ``array`` into a new temporary segment registered with the tracker."""
+    src = np.asarray(array)
+    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    seg = create_segment(generate_name(owner), src.shape, src.dtype, order=order,
+                         temporary=True, owner=owner)
+    try:
+        resource_tracker.register("/" + seg.name, _TRACKER_TYPE)
+        np.copyto(view(seg, seg.meta.offset, src.shape, None, src.dtype,
+                       order == "F"), src, casting="no")
+    except BaseException:
+        _ext.unlink(seg.name, "/" + seg.name, _ext.KIND_SHM)
+        resource_tracker.unregister("/" + seg.name, _TRACKER_TYPE)
+        raise
+    return seg
+
+
+def share(array: Any) -> ndarray:
+    """An anonymous shared copy of ``array``, owned by this process.
+
+    Its name (``sa-<pid>-<random>``) is unlinked when the last reference to it
+    in this process dies, at interpreter exit, and by the standard library's
+    resource tracker if this process is killed.  Other processes that attach it
+    (by unpickling) never unlink it.
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC`` when shared memory cannot hold the copy.
+    TypeError
+        Object dtypes.
+    """
+    seg = share_segment(array)
+    own(seg, registered=True)
+    _remember(seg)
+    m = seg.meta
+    return view(seg, m.offset, m.shape, None, m.dtype, m.fortran)
+
+
+# ---------------------------------------------------------------- registration
+
+def init_reductions() -> None:
+    """Register the reducers in :mod:`copyreg` (idempotent)."""
+    copyreg.pickle(ndarray, reduce_ndarray)
+
+
+init_reductions()

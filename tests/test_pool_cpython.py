@@ -1,0 +1,154 @@
+"""CPython 3.13's own concurrent.futures process-pool tests, run against
+sharedarray.ProcessPoolExecutor.
+
+The tests come from the 3.13 interpreter's installed test package
+(lib/python3.13/test/test_concurrent_futures); tools/cpython_executor_tests.py
+substitutes our class for concurrent.futures.ProcessPoolExecutor and runs them
+in a Python 3.13 venv that has this repository installed.  The venv is built
+once into <repo>/.venv-cpython313 and reused while the package sources are
+unchanged.
+"""
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOOL = REPO / "tools" / "cpython_executor_tests.py"
+VENV = REPO / ".venv-cpython313"
+STAMP = VENV / ".sharedarray-build-stamp"
+
+# Directories (at the top of the repo) that are not part of the installed
+# package, and names that are never hashed anywhere.
+_SKIP_TOP = {"tests", "tools", "build", "dist", "docs"}
+_SKIP_SUFFIXES = {".pyc", ".pyo", ".so", ".o", ".a", ".dylib", ".pyd", ".log"}
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("cpython_executor_tests", str(TOOL))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _clean_env():
+    env = dict(os.environ)
+    # Make sure the installed package is what gets tested, not a source tree.
+    for var in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE",
+                "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"):
+        env.pop(var, None)
+    return env
+
+
+def _source_fingerprint(python):
+    """Hash of everything that goes into `pip install <repo>`, plus the base
+    interpreter, so the venv is rebuilt exactly when it would differ."""
+    h = hashlib.sha256()
+    version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version); print(sys.base_prefix)"],
+        stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    h.update(("%s\n%s\n" % (os.path.realpath(python), version)).encode())
+    for root, dirs, files in os.walk(str(REPO)):
+        rel_root = os.path.relpath(root, str(REPO))
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".")
+            and d != "__pycache__"
+            and not d.endswith(".egg-info")
+            and not (rel_root == "." and d in _SKIP_TOP)
+        )
+        for name in sorted(files):
+            if os.path.splitext(name)[1] in _SKIP_SUFFIXES or name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if not os.path.isfile(path):
+                continue
+            h.update(os.path.normpath(os.path.join(rel_root, name)).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def _run(cmd, **kw):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, env=_clean_env(), **kw)
+    if r.returncode != 0:
+        pytest.fail("command failed (exit status %d): %s\n%s"
+                    % (r.returncode, " ".join(map(str, cmd)), r.stdout[-20000:]),
+                    pytrace=False)
+    return r
+
+
+def _venv_python():
+    return VENV / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def cpython313():
+    """(base python3.13, venv python with the repo installed)."""
+    tool = _load_tool()
+    base = tool.find_python()
+    if not base:
+        pytest.skip("no CPython %s interpreter found (looked in pyenv's versions "
+                    "and on PATH)" % tool.PYVER)
+    if not tool.test_package_dir(base):
+        pytest.skip("%s has no test.test_concurrent_futures package (the CPython "
+                    "test suite is not installed)" % base)
+    if not ((REPO / "pyproject.toml").exists() or (REPO / "setup.py").exists()):
+        pytest.skip("the repository has no pyproject.toml or setup.py yet, "
+                    "so it cannot be installed into a venv")
+
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = str(VENV) + ".lock"
+    with open(lock_path, "w") as lock:
+        # Several pytest processes (xdist) may get here at once.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint = _source_fingerprint(base)
+        up_to_date = (
+            _venv_python().exists()
+            and STAMP.exists()
+            and STAMP.read_text().strip() == fingerprint
+        )
+        if not up_to_date:
+            if STAMP.exists():
+                STAMP.unlink()
+            if VENV.exists():
+                shutil.rmtree(str(VENV))
+            _run([base, "-m", "venv", str(VENV)])
+            _run([str(_venv_python()), "-m", "pip", "install",
+                  "--disable-pip-version-check", "--no-input", str(REPO)],
+                 cwd=str(VENV))
+            _run([str(_venv_python()), "-c", "import sharedarray"], cwd=str(VENV))
+            STAMP.write_text(fingerprint + "\n")
+    return base, str(_venv_python())
+
+
+def test_cpython_process_pool_tests(cpython313):
+    base, venv_python = cpython313
+    # --timeout only guards against a hung run (every thread's stack is then
+    # dumped); it is far above the ~1-2 minutes the run normally takes.
+    cmd = [sys.executable, str(TOOL), "--python", venv_python,
+           "--executor", "sharedarray:ProcessPoolExecutor",
+           "--quick", "--timeout", "1800"]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, env=_clean_env(), cwd=str(REPO))
+    out = r.stdout
+    print(out)  # shown by pytest when the test fails
+    tail = "\n".join(out.splitlines()[-60:])
+    m = re.search(r"^cpython executor tests: (\d+) passed, (\d+) failed, (\d+) skipped$",
+                  out, re.M)
+    assert m, "no summary line in the output:\n" + tail
+    passed, failed = int(m.group(1)), int(m.group(2))
+    assert r.returncode == 0, (
+        "CPython's process-pool tests failed with sharedarray.ProcessPoolExecutor "
+        "(exit status %d):\n%s" % (r.returncode, tail))
+    assert failed == 0, tail
+    assert passed > 0, tail
