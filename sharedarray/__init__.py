@@ -8,10 +8,12 @@ workers through shared memory.
 
 from .core import (MS_ASYNC, MS_INVALIDATE, MS_SYNC, ArrayInfo, Segment, attach,
                    create, delete, exists, from_array, list, ndarray)
+from .pool import ProcessPoolExecutor
 from .reduction import ForeignHostError, StaleHandleError, by_value, share
 
 __all__ = [
     "ArrayInfo", "ForeignHostError", "MS_ASYNC", "MS_INVALIDATE", "MS_SYNC",
+    "ProcessPoolExecutor",
     "Segment", "StaleHandleError", "attach", "by_value", "create", "delete",
     "exists", "from_array", "list", "ndarray", "share",
 ]

@@ -161,6 +161,21 @@ def rebuild_ndarray(name: str, token: str | None, boot: str | None, offset: int,
                 writeable and not seg.readonly)
 
 
+def attach_owned(name: str, token: str | None, boot: str | None, offset: int,
+                 shape: tuple, strides: tuple | None, dtype: np.dtype | None,
+                 writeable: bool) -> ndarray:
+    """Unpickle a handle whose segment is handed over to this process.
+
+    The executor's workers send results this way: the worker registered the
+    name with the shared resource tracker, and from now on this process owns
+    it (unlinks it when the last array on it dies).
+    """
+    seg = _segment_for(name, token, boot, True)
+    own(seg, registered=True)
+    return view(seg, offset, shape, strides,
+                seg.meta.dtype if dtype is None else dtype, False, writeable)
+
+
 # ---------------------------------------------------------------- share()
 
 def _release(name: str, path: str, kind: int, pid: int,
@@ -183,31 +198,43 @@ def _release(name: str, path: str, kind: int, pid: int,
         pass
 
 
-def own(seg: Segment, registered: bool = False) -> None:
+def own(seg: Segment, registered: bool = False) -> weakref.finalize:
     """Make this process the owner of ``seg``: unlink it when it dies here.
 
-    ``registered`` says the tracker already knows the name (a worker
-    registered it before handing it over).
+    ``registered`` says the tracker already knows the name (this process or
+    a worker registered it before creating it).  Returns the finalizer;
+    calling it releases the segment at once.
     """
     path = "/" + seg.name
     if not registered:
         resource_tracker.register(path, _TRACKER_TYPE)
-    weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, os.getpid())
+    return weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, os.getpid())
 
 
-def share_segment(array: np.ndarray, owner: int | None = None) -> Segment:
-    """Copy ``array`` into a new temporary segment registered with the tracker."""
+def share_segment(array: np.ndarray, owner: int | None = None,
+                  name: str | None = None) -> Segment:
+    """Copy ``array`` into a new temporary segment registered with the tracker.
+
+    The name is registered *before* the segment exists, so a kill at any
+    point leaves nothing the tracker does not know about.
+    """
     src = np.asarray(array)
     order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
-    seg = create_segment(generate_name(owner), src.shape, src.dtype, order=order,
-                         temporary=True, owner=owner)
+    name = generate_name(owner) if name is None else name
+    path = "/" + name
+    resource_tracker.register(path, _TRACKER_TYPE)
     try:
-        resource_tracker.register("/" + seg.name, _TRACKER_TYPE)
+        seg = create_segment(name, src.shape, src.dtype, order=order,
+                             temporary=True, owner=owner)
+    except BaseException:
+        resource_tracker.unregister(path, _TRACKER_TYPE)
+        raise
+    try:
         np.copyto(view(seg, seg.meta.offset, src.shape, None, src.dtype,
                        order == "F"), src, casting="no")
     except BaseException:
-        _ext.unlink(seg.name, "/" + seg.name, _ext.KIND_SHM)
-        resource_tracker.unregister("/" + seg.name, _TRACKER_TYPE)
+        _ext.unlink(name, path, _ext.KIND_SHM)
+        resource_tracker.unregister(path, _TRACKER_TYPE)
         raise
     return seg
 

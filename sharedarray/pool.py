@@ -1,0 +1,409 @@
+"""A ProcessPoolExecutor that moves numpy arrays through shared memory.
+
+Data flow and ownership::
+
+    parent                                   worker
+    ------                                   ------
+    submit(fn, *args)  -> _Call
+      feeder thread pickles _Call:
+        cloudpickle(fn, args, kwargs) with
+          sharedarray.ndarray   -> handle (same memory, writable)
+          plain array >= threshold
+              -> copy into temp segment T    unpickle: attach T read-only
+                 (parent owns T; one copy
+                 per array object, leased
+                 by every task that uses it)
+                                             run fn
+                                             pickle the result with
+                                               plain array >= threshold
+                                                 -> new segment R, named
+                                                    sa-<parent pid>-<pool><rand>,
+                                                    registered with the tracker
+      result thread unpickles: attach R, the parent now owns R
+    future done -> leases released; T unlinked when no pending task needs it
+
+Who unlinks what:
+
+* T (inputs): the parent, as soon as the last task leasing it is done, and at
+  ``shutdown()``.
+* R (results): the parent, when the last array on R dies (like ``share()``).
+  Results that never reached the parent (a worker killed mid-task, a broken
+  pool) are found by their pool prefix and unlinked at ``shutdown()``.
+* Anything left when the parent itself is killed: the standard library's
+  resource tracker, which every worker shares with the parent.  Workers watch
+  the parent and exit when it dies, so the tracker sees everyone go.
+
+Arrays made with ``create()`` are never unlinked by the pool.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import io
+import os
+import pickle
+import random
+import select
+import sys
+import threading
+import time
+import warnings
+import weakref
+from concurrent.futures import Future
+from multiprocessing import resource_tracker
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Callable
+
+import cloudpickle
+import numpy as np
+
+from . import _ext
+from .core import SHM_DIR, ndarray, view
+from .reduction import (_cache, _remember, attach_owned, own, reduce_ndarray,
+                        share_segment)
+
+__all__ = ["ProcessPoolExecutor"]
+
+_POLL_PARENT = 0.5    # seconds between checks where pidfd is unavailable
+
+
+# ---------------------------------------------------------------- workers
+
+def _watch_parent(pid: int) -> None:
+    """Exit this worker when process ``pid`` dies, however it dies."""
+    try:
+        fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, ProcessLookupError):
+            os._exit(1)
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(_POLL_PARENT)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sharedarray-parent-watch",
+                     daemon=True).start()
+
+
+def _worker_init(parent: int, initializer: Callable[..., Any] | None,
+                 initargs: tuple) -> None:
+    """Our worker set-up, chained in front of the user's initializer."""
+    _watch_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class _ResultPickler(ForkingPickler):
+    """Pickles a worker's result, moving large plain arrays into segments."""
+
+    def __init__(self, file: io.BytesIO, threshold: int | None, owner: int,
+                 prefix: str) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.threshold = threshold
+        self.owner = owner
+        self.prefix = prefix
+        self.created: list = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (type(obj) is np.ndarray and self.threshold is not None
+                and obj.nbytes >= self.threshold and not obj.dtype.hasobject):
+            name = f"{self.prefix}{random.getrandbits(32):08x}"
+            try:
+                seg = share_segment(obj, owner=self.owner, name=name)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                _warn_fallback(obj, exc)
+                return NotImplemented
+            self.created.append(seg)
+            m = seg.meta
+            return attach_owned, (seg.name, m.token, m.boot, m.offset, m.shape,
+                                  None, None, True)
+        return NotImplemented
+
+
+class _Result:
+    """A worker's return value on its way back to the parent."""
+
+    __slots__ = ("value", "threshold", "owner", "prefix")
+
+    def __init__(self, value: Any, threshold: int | None, owner: int,
+                 prefix: str) -> None:
+        self.value = value
+        self.threshold = threshold
+        self.owner = owner
+        self.prefix = prefix
+
+    def __reduce__(self) -> tuple:
+        buf = io.BytesIO()
+        p = _ResultPickler(buf, self.threshold, self.owner, self.prefix)
+        try:
+            p.dump(self.value)
+        except BaseException:
+            for seg in p.created:
+                _discard(seg.name)
+            raise
+        return _load_result, (buf.getvalue(),)
+
+
+def _load_result(payload: bytes) -> Any:
+    """Unpickle a result in the parent (result thread)."""
+    return pickle.loads(payload)
+
+
+class _LoadedCall:
+    """A task as the worker sees it: call it to run it."""
+
+    __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix")
+
+    def __call__(self) -> _Result:
+        value = self.fn(*self.args, **self.kwargs)
+        return _Result(value, self.threshold, self.owner, self.prefix)
+
+
+def _load_call(payload: bytes) -> _LoadedCall:
+    call = _LoadedCall()
+    (call.fn, call.args, call.kwargs, call.threshold, call.owner,
+     call.prefix) = pickle.loads(payload)
+    return call
+
+
+# ---------------------------------------------------------------- parent
+
+def _discard(name: str) -> None:
+    """Unlink a temporary and drop it from the tracker."""
+    try:
+        _ext.unlink(name, "/" + name, _ext.KIND_SHM)
+    except OSError:
+        pass
+    try:
+        resource_tracker.unregister("/" + name, "shared_memory")
+    except Exception:
+        pass
+
+
+_warned = threading.local()
+
+
+def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
+    warnings.warn(f"sharedarray: shared memory is too small for a "
+                  f"{arr.nbytes:,}-byte array ({exc.strerror}); sending it by "
+                  f"pickling instead", ResourceWarning, stacklevel=2)
+
+
+class _Lease:
+    """One temporary copy of one plain array, used by pending tasks."""
+
+    __slots__ = ("source", "array", "release", "count")
+
+    def __init__(self, source: np.ndarray, array: ndarray,
+                 release: weakref.finalize) -> None:
+        self.source = source      # keeps id(source) unique while leased
+        self.array = array        # read-only view of the copy
+        self.release = release
+        self.count = 0
+
+
+class _PoolState:
+    """What the parent knows about its temporaries; shared with _Call."""
+
+    def __init__(self, threshold: int | None) -> None:
+        self.threshold = threshold
+        self.pid = os.getpid()
+        self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}"
+        self.lock = threading.Lock()
+        self.leases: dict[int, _Lease] = {}
+        self.fallback_warned = False
+
+    def lease(self, arr: np.ndarray) -> _Lease | None:
+        """The shared copy of ``arr``, made on first use; None to pickle it."""
+        with self.lock:
+            lease = self.leases.get(id(arr))
+            if lease is not None and lease.source is arr:
+                lease.count += 1
+                return lease
+        try:
+            seg = share_segment(arr)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            if not self.fallback_warned:
+                self.fallback_warned = True
+                _warn_fallback(arr, exc)
+            return None
+        fin = own(seg, registered=True)
+        m = seg.meta
+        _remember(seg)
+        readonly = view(seg, m.offset, m.shape, None, m.dtype, m.fortran,
+                        writeable=False)
+        with self.lock:
+            lease = _Lease(arr, readonly, fin)
+            lease.count = 1
+            self.leases[id(arr)] = lease
+        return lease
+
+    def release(self, leases: list[_Lease]) -> None:
+        """Tasks using ``leases`` are done: unlink copies nobody needs."""
+        dead = []
+        with self.lock:
+            for lease in leases:
+                lease.count -= 1
+                if lease.count == 0 and self.leases.get(id(lease.source)) is lease:
+                    del self.leases[id(lease.source)]
+                    dead.append(lease)
+        for lease in dead:
+            lease.release()
+
+    def cleanup(self) -> None:
+        """Release every lease and unlink results that never arrived."""
+        with self.lock:
+            dead = list(self.leases.values())
+            self.leases.clear()
+        for lease in dead:
+            lease.release()
+        try:
+            names = os.listdir(SHM_DIR)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(self.prefix):
+                ref = _cache.get(name)
+                if ref is None or ref() is None:
+                    _discard(name)
+
+
+class _ArgPickler(cloudpickle.Pickler):
+    """cloudpickle, plus: large plain arrays travel as shared copies."""
+
+    def __init__(self, file: io.BytesIO, state: _PoolState, call: "_Call") -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.state = state
+        self.call = call
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (type(obj) is np.ndarray and self.state.threshold is not None
+                and obj.nbytes >= self.state.threshold and not obj.dtype.hasobject):
+            lease = self.state.lease(obj)
+            if lease is not None:
+                self.call.leases.append(lease)
+                return reduce_ndarray(lease.array)
+        return super().reducer_override(obj)
+
+
+class _Call:
+    """A submitted task; pickled by the executor's feeder thread."""
+
+    __slots__ = ("fn", "args", "kwargs", "state", "leases", "done", "lock",
+                 "__weakref__")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                 state: _PoolState) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.state = state
+        self.leases: list[_Lease] = []
+        self.done = False
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple:
+        buf = io.BytesIO()
+        state = self.state
+        with self.lock:
+            try:
+                _ArgPickler(buf, state, self).dump(
+                    (self.fn, self.args, self.kwargs, state.threshold, state.pid,
+                     state.prefix))
+            except BaseException:
+                self._release_locked()
+                raise
+            if self.done:              # finished (pool broke) while we pickled
+                self._release_locked()
+        return _load_call, (buf.getvalue(),)
+
+    def _release_locked(self) -> None:
+        leases, self.leases = self.leases, []
+        if leases:
+            self.state.release(leases)
+
+    def finished(self, _future: Future) -> None:
+        """Done callback: the task no longer needs its shared inputs."""
+        with self.lock:
+            self.done = True
+            self._release_locked()
+
+
+class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
+    """``concurrent.futures.ProcessPoolExecutor`` that shares numpy arrays.
+
+    Parameters
+    ----------
+    max_workers, mp_context, initializer, initargs, max_tasks_per_child
+        As for the standard class (``max_tasks_per_child`` needs Python 3.11).
+    share_threshold : int or None
+        Plain numpy arrays of at least this many bytes, anywhere in a task's
+        arguments, are copied once into shared memory and reach workers as
+        read-only ``sharedarray.ndarray``; arrays of this size returned by
+        workers come back through shared memory as ``sharedarray.ndarray``
+        owned by this process.  ``None`` turns both off.
+        ``sharedarray.ndarray`` arguments always travel as handles to the
+        same, writable memory.
+
+    Functions and arguments are pickled with cloudpickle, so lambdas,
+    closures and functions defined in ``__main__`` work with every start
+    method.
+
+    Lifecycle: temporary segments are unlinked as soon as no pending task
+    needs them, at ``shutdown()``, and - through the resource tracker - if
+    this process is killed; workers exit by themselves when this process
+    dies.  When shared memory is full, an array falls back to ordinary
+    pickling with a ``ResourceWarning``.
+    """
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+                 *, max_tasks_per_child: int | None = None,
+                 share_threshold: int | None = 1 << 20) -> None:
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if share_threshold is not None and share_threshold < 0:
+            raise ValueError("share_threshold must be >= 0 or None")
+        kwargs: dict[str, Any] = {}
+        if max_tasks_per_child is not None:
+            if sys.version_info < (3, 11):
+                raise TypeError("max_tasks_per_child needs Python 3.11 or newer")
+            kwargs["max_tasks_per_child"] = max_tasks_per_child
+        # Workers must share our tracker: start it before any worker exists.
+        resource_tracker.ensure_running()
+        self._sa_state = _PoolState(share_threshold)
+        super().__init__(max_workers, mp_context, _worker_init,
+                         (os.getpid(), initializer, initargs), **kwargs)
+        self._sa_finalizer = weakref.finalize(self, _PoolState.cleanup,
+                                              self._sa_state)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
+        call = _Call(fn, args, kwargs, self._sa_state)
+        future = super().submit(call)
+        future.add_done_callback(call.finished)
+        return future
+
+    submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__ or submit.__doc__
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As the standard ``shutdown``; with ``wait``, also unlinks temporaries."""
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            self._sa_finalizer()
