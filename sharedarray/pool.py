@@ -38,6 +38,7 @@ Arrays made with ``create()`` are never unlinked by the pool.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import io
@@ -48,6 +49,7 @@ import select
 import sys
 import threading
 import time
+import types
 import warnings
 import weakref
 from concurrent.futures import Future
@@ -66,6 +68,7 @@ from .reduction import (_cache, _remember, attach_owned, own, reduce_ndarray,
 __all__ = ["ProcessPoolExecutor"]
 
 _POLL_PARENT = 0.5    # seconds between checks where pidfd is unavailable
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 # ---------------------------------------------------------------- workers
@@ -105,33 +108,49 @@ def _worker_init(parent: int, initializer: Callable[..., Any] | None,
         initializer(*initargs)
 
 
-class _ResultPickler(ForkingPickler):
+_forking_table: Any = None
+
+
+def _dispatch_table() -> Any:
+    """copyreg's table plus multiprocessing's reducers, built once per process."""
+    global _forking_table
+    if _forking_table is None:
+        _forking_table = ForkingPickler(io.BytesIO()).dispatch_table
+    return _forking_table
+
+
+def _is_big(obj: Any, threshold: int | None) -> bool:
+    return (type(obj) is np.ndarray and threshold is not None
+            and obj.nbytes >= threshold and not obj.dtype.hasobject)
+
+
+class _ResultPickler(pickle.Pickler):
     """Pickles a worker's result, moving large plain arrays into segments."""
 
     def __init__(self, file: io.BytesIO, threshold: int | None, owner: int,
                  prefix: str) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.dispatch_table = _dispatch_table()
         self.threshold = threshold
         self.owner = owner
         self.prefix = prefix
         self.created: list = []
 
     def reducer_override(self, obj: Any) -> Any:
-        if (type(obj) is np.ndarray and self.threshold is not None
-                and obj.nbytes >= self.threshold and not obj.dtype.hasobject):
-            name = f"{self.prefix}{random.getrandbits(32):08x}"
-            try:
-                seg = share_segment(obj, owner=self.owner, name=name)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                _warn_fallback(obj, exc)
-                return NotImplemented
-            self.created.append(seg)
-            m = seg.meta
-            return attach_owned, (seg.name, m.token, m.boot, m.offset, m.shape,
-                                  None, None, True)
-        return NotImplemented
+        if not _is_big(obj, self.threshold):
+            return NotImplemented
+        name = f"{self.prefix}{random.getrandbits(32):08x}"
+        try:
+            seg = share_segment(obj, owner=self.owner, name=name)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _warn_fallback(obj, exc)
+            return NotImplemented
+        self.created.append(seg)
+        m = seg.meta
+        return attach_owned, (seg.name, m.token, m.boot, m.offset, m.shape,
+                              None, None, True)
 
 
 class _Result:
@@ -168,8 +187,10 @@ class _LoadedCall:
 
     __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix")
 
-    def __call__(self) -> _Result:
+    def __call__(self) -> Any:
         value = self.fn(*self.args, **self.kwargs)
+        if type(value) in _ATOMIC or self.threshold is None:
+            return value      # nothing to share: the standard path is fastest
         return _Result(value, self.threshold, self.owner, self.prefix)
 
 
@@ -225,7 +246,29 @@ class _PoolState:
         self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}"
         self.lock = threading.Lock()
         self.leases: dict[int, _Lease] = {}
+        self.by_value: collections.OrderedDict[int, tuple[Any, bytes]] = \
+            collections.OrderedDict()
         self.fallback_warned = False
+
+    def pickle_by_value(self, obj: Any, call: "_Call") -> tuple[bytes, bool]:
+        """cloudpickle ``obj``; reuse the blob while ``obj`` lives and holds
+        no shared memory.  Returns (blob, cacheable)."""
+        with self.lock:
+            hit = self.by_value.get(id(obj))
+            if hit is not None and hit[0] is obj:
+                self.by_value.move_to_end(id(obj))
+                return hit[1], True
+        buf = io.BytesIO()
+        p = _CloudArgPickler(buf, self, call)
+        p.dump(obj)
+        data = buf.getvalue()
+        if p.shares_memory:
+            return data, False
+        with self.lock:
+            self.by_value[id(obj)] = (obj, data)   # the strong ref pins id(obj)
+            if len(self.by_value) > _BY_VALUE_CACHE_SIZE:
+                self.by_value.popitem(last=False)
+        return data, True
 
     def lease(self, arr: np.ndarray) -> _Lease | None:
         """The shared copy of ``arr``, made on first use; None to pickle it."""
@@ -284,22 +327,92 @@ class _PoolState:
                     _discard(name)
 
 
-class _ArgPickler(cloudpickle.Pickler):
-    """cloudpickle, plus: large plain arrays travel as shared copies."""
+def _by_reference(obj: Any) -> bool:
+    """Whether plain pickle would carry ``obj`` as a reference that works
+    in any worker: an importable module-level function or class."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "<")
+    return module is not None and module != "__main__" and "<" not in qualname
 
-    def __init__(self, file: io.BytesIO, state: _PoolState, call: "_Call") -> None:
+
+class _ArgPickler(pickle.Pickler):
+    """Pickles a task: the C pickler, with three additions.
+
+    * plain arrays of at least the threshold become leased shared copies;
+    * functions and classes that plain pickle cannot carry by reference
+      (lambdas, closures, anything defined in ``__main__``) are pickled by
+      value with cloudpickle, as separate blobs that are cached per object,
+      so a ``__main__`` function costs cloudpickle once per executor and not
+      once per task;
+    * ``shares_memory`` records whether the stream refers to shared memory,
+      which makes a blob unsafe to cache (it would pin the mapping).
+    """
+
+    def __init__(self, file: io.BytesIO, state: "_PoolState", call: "_Call") -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.dispatch_table = _dispatch_table()
+        self.state = state
+        self.call = call
+        self.shares_memory = False
+
+    def share(self, obj: Any) -> Any:
+        """Reduce a large plain array to a handle on its leased copy."""
+        lease = self.state.lease(obj)
+        if lease is None:
+            return NotImplemented
+        self.call.leases.append(lease)
+        self.shares_memory = True
+        return reduce_ndarray(lease.array)
+
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is np.ndarray:
+            return self.share(obj) if _is_big(obj, self.state.threshold) else NotImplemented
+        if t is ndarray:
+            self.shares_memory = True
+        elif (t is types.FunctionType or isinstance(obj, type)) and not _by_reference(obj):
+            data, cacheable = self.state.pickle_by_value(obj, self.call)
+            self.shares_memory |= not cacheable
+            return _load_by_value, (data, cacheable)
+        return NotImplemented
+
+
+class _CloudArgPickler(cloudpickle.Pickler):
+    """cloudpickle for one function or class, sharing large arrays it holds."""
+
+    def __init__(self, file: io.BytesIO, state: "_PoolState", call: "_Call") -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.state = state
         self.call = call
+        self.shares_memory = False
+
+    share = _ArgPickler.share
 
     def reducer_override(self, obj: Any) -> Any:
-        if (type(obj) is np.ndarray and self.state.threshold is not None
-                and obj.nbytes >= self.state.threshold and not obj.dtype.hasobject):
-            lease = self.state.lease(obj)
-            if lease is not None:
-                self.call.leases.append(lease)
-                return reduce_ndarray(lease.array)
+        t = type(obj)
+        if t is np.ndarray and _is_big(obj, self.state.threshold):
+            return self.share(obj)
+        if t is ndarray:
+            self.shares_memory = True
         return super().reducer_override(obj)
+
+
+_by_value_cache: dict[bytes, Any] = {}
+_BY_VALUE_CACHE_SIZE = 256    # distinct functions/classes a worker keeps
+
+
+def _load_by_value(data: bytes, cacheable: bool) -> Any:
+    """Worker side of a cloudpickled function or class (cached per blob, so
+    a class keeps its identity across tasks)."""
+    if not cacheable:
+        return pickle.loads(data)
+    obj = _by_value_cache.get(data)
+    if obj is None:
+        obj = pickle.loads(data)
+        if len(_by_value_cache) >= _BY_VALUE_CACHE_SIZE:
+            _by_value_cache.clear()
+        _by_value_cache[data] = obj
+    return obj
 
 
 class _Call:
@@ -319,8 +432,8 @@ class _Call:
         self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple:
-        buf = io.BytesIO()
         state = self.state
+        buf = io.BytesIO()
         with self.lock:
             try:
                 _ArgPickler(buf, state, self).dump(
