@@ -221,7 +221,7 @@ _warned = threading.local()
 def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
     warnings.warn(f"sharedarray: shared memory is too small for a "
                   f"{arr.nbytes:,}-byte array ({exc.strerror}); sending it by "
-                  f"pickling instead", ResourceWarning, stacklevel=2)
+                  f"pickling instead", RuntimeWarning, stacklevel=2)
 
 
 class _Lease:
@@ -482,7 +482,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     needs them, at ``shutdown()``, and - through the resource tracker - if
     this process is killed; workers exit by themselves when this process
     dies.  When shared memory is full, an array falls back to ordinary
-    pickling with a ``ResourceWarning``.
+    pickling with a ``RuntimeWarning``.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
