@@ -120,8 +120,11 @@ def _dispatch_table() -> Any:
 
 
 def _is_big(obj: Any, threshold: int | None) -> bool:
+    # Empty arrays always go by value: reduce_ndarray pickles them as plain
+    # arrays, which would come back here (endless recursion at threshold 0).
     return (type(obj) is np.ndarray and threshold is not None
-            and obj.nbytes >= threshold and not obj.dtype.hasobject)
+            and obj.nbytes >= threshold and obj.size > 0
+            and not obj.dtype.hasobject)
 
 
 class _ResultPickler(pickle.Pickler):
@@ -149,8 +152,11 @@ class _ResultPickler(pickle.Pickler):
             return NotImplemented
         self.created.append(seg)
         m = seg.meta
+        # Explicit strides: the copy may be in Fortran order (attach_owned
+        # would lay a C-order view over it).
+        strides = view(seg, m.offset, m.shape, None, m.dtype, m.fortran).strides
         return attach_owned, (seg.name, m.token, m.boot, m.offset, m.shape,
-                              None, None, True)
+                              strides, None, True)
 
 
 class _Result:
