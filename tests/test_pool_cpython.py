@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ TOOL = REPO / "tools" / "cpython_executor_tests.py"
 VENV = REPO / ".venv-cpython313"
 STAMP = VENV / ".sharedarray-build-stamp"
 
-# Directories (at the top of the repo) that are not part of the installed
-# package, and names that are never hashed anywhere.
-_SKIP_TOP = {"tests", "tools", "build", "dist", "docs"}
+# What `pip install <repo>` is built from: the regular files at the top of the
+# repository (pyproject.toml, setup.py, README, ...) and these directories.
+_SOURCE_DIRS = ("sharedarray", "src", "include")
 _SKIP_SUFFIXES = {".pyc", ".pyo", ".so", ".o", ".a", ".dylib", ".pyd", ".log"}
 
 
@@ -49,31 +50,34 @@ def _clean_env():
 
 
 def _source_fingerprint(python):
-    """Hash of everything that goes into `pip install <repo>`, plus the base
+    """Hash of the package sources and build files, plus the base
     interpreter, so the venv is rebuilt exactly when it would differ."""
     h = hashlib.sha256()
     version = subprocess.run(
         [python, "-c", "import sys; print(sys.version); print(sys.base_prefix)"],
         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
     h.update(("%s\n%s\n" % (os.path.realpath(python), version)).encode())
-    for root, dirs, files in os.walk(str(REPO)):
-        rel_root = os.path.relpath(root, str(REPO))
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".")
-            and d != "__pycache__"
-            and not d.endswith(".egg-info")
-            and not (rel_root == "." and d in _SKIP_TOP)
-        )
-        for name in sorted(files):
-            if os.path.splitext(name)[1] in _SKIP_SUFFIXES or name.startswith("."):
-                continue
-            path = os.path.join(root, name)
-            if not os.path.isfile(path):
-                continue
-            h.update(os.path.normpath(os.path.join(rel_root, name)).encode() + b"\0")
-            with open(path, "rb") as f:
-                h.update(hashlib.sha256(f.read()).digest())
+
+    def add(path, rel):
+        if os.path.splitext(path)[1] in _SKIP_SUFFIXES:
+            return
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+
+    for entry in sorted(os.listdir(str(REPO))):
+        path = os.path.join(str(REPO), entry)
+        if os.path.isfile(path) and not entry.startswith("."):
+            add(path, entry)
+    for top in _SOURCE_DIRS:
+        for root, dirs, files in os.walk(os.path.join(str(REPO), top)):
+            dirs[:] = sorted(d for d in dirs
+                             if not d.startswith(".") and d != "__pycache__"
+                             and not d.endswith(".egg-info"))
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if os.path.isfile(path):
+                    add(path, os.path.relpath(path, str(REPO)))
     return h.hexdigest()
 
 
@@ -106,10 +110,13 @@ def cpython313():
         pytest.skip("the repository has no pyproject.toml or setup.py yet, "
                     "so it cannot be installed into a venv")
 
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = str(VENV) + ".lock"
+    # Several pytest processes (xdist) may get here at once.  The lock file is
+    # kept out of the repository.
+    lock_path = os.path.join(
+        tempfile.gettempdir(),
+        "sharedarray-venv-cpython313-%s.lock"
+        % hashlib.sha256(str(VENV).encode()).hexdigest()[:16])
     with open(lock_path, "w") as lock:
-        # Several pytest processes (xdist) may get here at once.
         fcntl.flock(lock, fcntl.LOCK_EX)
         fingerprint = _source_fingerprint(base)
         up_to_date = (
@@ -131,6 +138,10 @@ def cpython313():
     return base, str(_venv_python())
 
 
+# The run takes 1-2 minutes, plus building the venv the first time; the
+# project-wide pytest-timeout (300 s, fixture setup included) is too tight for
+# that on a loaded 2-core machine.  This is only a hang guard, like --timeout.
+@pytest.mark.timeout(2400)
 def test_cpython_process_pool_tests(cpython313):
     base, venv_python = cpython313
     # --timeout only guards against a hung run (every thread's stack is then
