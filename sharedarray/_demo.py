@@ -188,13 +188,23 @@ def _kmeans(pool: concurrent.futures.Executor, blocks: list, init: np.ndarray,
     return centroids, counts, inertia
 
 
-def _timed(label: str, out: TextIO, fn: Callable[[], Any]) -> tuple[Any, float]:
-    out.write(f"  {label:<58}")
-    out.flush()
+def _timed(label: str, short: str, out: TextIO, tasks: int,
+           fn: Callable[[Progress], Any]) -> tuple[Any, float]:
+    """Run ``fn(progress_bar)``; print ``label`` and the time it took.
+    The bar, named ``short``, stays within 80 columns."""
+    line = f"  {label:<58}"
+    bar = Progress(f"{short:<11}", tasks)
+    # The bar redraws its line with \r: on a shared terminal it would wipe
+    # the label, so then the label is printed with the result instead.
+    shared_tty = bar.enabled and out.isatty()
+    if not shared_tty:
+        out.write(line)
+        out.flush()
     t0 = time.perf_counter()
-    value = fn()
+    with bar:
+        value = fn(bar)
     dt = time.perf_counter() - t0
-    out.write(f"{dt:6.1f} s\n")
+    out.write(f"{line if shared_tty else ''}{dt:6.1f} s\n")
     out.flush()
     return value, dt
 
@@ -274,26 +284,24 @@ def run(size: int = 1 << 30, workers: int | None = None,
         views = [points[i:j] for i, j in spans]
         handle = len(pickle.dumps(views[0]))
 
-        def with_sharedarray() -> Any:
-            with sa.ProcessPoolExecutor(workers, initializer=_worker_signals) as pool, \
-                    Progress("sharedarray", tasks) as bar:
+        def with_sharedarray(bar: Progress) -> Any:
+            with sa.ProcessPoolExecutor(workers, initializer=_worker_signals) as pool:
                 return _kmeans(pool, views, init, iterations, bar)
 
         (c1, n1, i1), t1 = _timed(
             "sharedarray.ProcessPoolExecutor (blocks as shared views)",
-            out, with_sharedarray)
+            "sharedarray", out, tasks, with_sharedarray)
 
         plain = [v.view(np.ndarray) for v in views]     # pickled by value
 
-        def with_stdlib() -> Any:
+        def with_stdlib(bar: Progress) -> Any:
             with concurrent.futures.ProcessPoolExecutor(
-                    workers, initializer=_worker_signals) as pool, \
-                    Progress("standard", tasks) as bar:
+                    workers, initializer=_worker_signals) as pool:
                 return _kmeans(pool, plain, init, iterations, bar)
 
         (c2, n2, i2), t2 = _timed(
             "concurrent.futures.ProcessPoolExecutor (blocks pickled)",
-            out, with_stdlib)
+            "standard", out, tasks, with_stdlib)
         del plain
 
         out.write(f"\n  speed-up: {t2 / t1:.1f}x  (data sent to workers: "

@@ -519,3 +519,26 @@ def test_demo_small() -> None:
     # The shared data is gone once the demo has finished.
     name = re.search(r"\b(sa-\d+-[0-9a-f]{12})\b", out).group(1)
     assert not (SHM / name).exists()
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from sharedarray._demo import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        with Progress("standard", 4, stream=stream) as bar:
+            for _ in range(4):
+                bar.advance()
+        text = stream.getvalue()
+        if not drawn:
+            assert text == ""
+            continue
+        frames = [f for f in text.split("\r") if f]
+        assert frames[-1] == "\033[K"                  # the line is cleared
+        assert "0/4 tasks" in frames[0] and "[" + "#" * 30 + "] 100% 4/4 tasks" in frames[-2]
+        assert all(len(f) < 80 for f in frames)
