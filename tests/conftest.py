@@ -12,6 +12,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +23,12 @@ SHM = Path("/dev/shm")
 TEST_PREFIX = "sat-"
 START_METHODS = ["fork", "forkserver", "spawn"]
 _counter = itertools.count()
+# One token per test run, shared with xdist workers through the environment
+# (workers start after the controller imported this file), so that the
+# end-of-run check looks only at what this run made, never at a concurrent
+# run's segments.
+SESSION = os.environ.setdefault("SA_TEST_SESSION", os.urandom(4).hex())
+_PIDS = Path(tempfile.gettempdir()) / f"sa-test-{SESSION}.pids"
 
 
 def _ours(prefixes: tuple[str, ...]) -> set[str]:
@@ -40,7 +47,7 @@ def _prefixes() -> tuple[str, ...]:
 def name_factory() -> Callable[[], str]:
     """Make unique shm names for this test."""
     def make() -> str:
-        return f"{TEST_PREFIX}{os.getpid()}-{next(_counter)}-{os.urandom(3).hex()}"
+        return f"{TEST_PREFIX}{os.getpid()}-{SESSION}-{next(_counter)}-{os.urandom(2).hex()}"
     return make
 
 
@@ -77,43 +84,31 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._sa_start = time.time()  # type: ignore[attr-defined]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    with open(_PIDS, "a") as f:           # this run's processes, for the final check
+        f.write(f"{os.getpid()}\n")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Session-wide check: no segment made during the run may outlive it.
+    """Run-wide check: no segment made during the run may outlive it.
 
-    Looks at every test-named segment and every library temporary created
-    since the session started whose creator is gone (a subprocess or a
-    killed parent), so leaks from child processes are caught too.
+    Looks at every test-named segment of this run (the SESSION token) and
+    every library temporary owned by one of this run's processes (the
+    controller and its xdist workers).  Tests that start other processes
+    check those processes' leaks themselves.
     """
     if hasattr(session.config, "workerinput"):
         return  # xdist workers: the controller checks once for everybody
-    start = getattr(session.config, "_sa_start", time.time())
+    try:
+        pids = {int(p) for p in _PIDS.read_text().split()}
+        _PIDS.unlink()
+    except (OSError, ValueError):
+        pids = {os.getpid()}
+    ours = tuple(f"sa-{p}-" for p in pids) + tuple(f".sa-tmp-{p}-" for p in pids)
     deadline = time.monotonic() + 5
     while True:
-        leaked = []
-        for entry in os.scandir(SHM) if SHM.is_dir() else []:
-            if not entry.name.startswith((TEST_PREFIX, "sa-", ".sa-tmp-")):
-                continue
-            try:
-                st = entry.stat()
-            except FileNotFoundError:
-                continue
-            if st.st_mtime < start - 1:
-                continue
-            pid = int(entry.name.split("-")[1]) if entry.name.split("-")[1].isdigit() else 0
-            if entry.name.startswith(TEST_PREFIX) or not _pid_alive(pid):
-                leaked.append(entry.name)
+        leaked = [n for n in os.listdir(SHM)
+                  if (n.startswith(TEST_PREFIX) and f"-{SESSION}-" in n)
+                  or n.startswith(ours)] if SHM.is_dir() else []
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.25)
