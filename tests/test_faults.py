@@ -1,0 +1,397 @@
+"""Faults: killed workers, a killed parent, a tiny /dev/shm, and many pool cycles.
+
+Every test runs under fork, forkserver and spawn (conftest's ``start_method``).
+
+Tests that must see *everything* a pool leaves in /dev/shm (named semaphores
+cannot be attributed to a pid, and other pytest-xdist workers make their own)
+run their script in a private mount namespace, ``unshare -m`` with a fresh
+tmpfs on /dev/shm: everything in it comes from that run, the resource tracker
+and the forkserver included.  A ``sleep`` left in the namespace keeps the tmpfs
+alive after the script is gone, and the test reads it through
+``/proc/<that pid>/root/dev/shm``.  These tests skip when unshare is not
+permitted (it needs root or user namespaces).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import sharedarray as sa
+
+pytestmark = pytest.mark.fault
+
+SHM = Path("/dev/shm")
+BIG = 1 << 18                 # float64 elements: 2 MiB, above the default threshold
+
+
+# ---------------------------------------------------------------- helpers
+
+def _mine() -> set[str]:
+    prefix = f"sa-{os.getpid()}-"
+    return {n for n in os.listdir(SHM) if n.startswith(prefix)}
+
+
+def _wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        if pred():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Running (zombies count as dead: nobody may reap orphans promptly)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+_UNSHARE: list[bool] = []
+
+
+def _sandbox_available() -> bool:
+    """Whether ``unshare -m`` with a tmpfs on /dev/shm works here."""
+    if not _UNSHARE:
+        ok = False
+        if shutil.which("unshare") and sys.platform.startswith("linux"):
+            try:
+                ok = subprocess.run(
+                    ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     "mount -t tmpfs -o size=1m tmpfs /dev/shm && test -z \"$(ls -A /dev/shm)\""],
+                    capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+        _UNSHARE.append(ok)
+    return _UNSHARE[0]
+
+
+def _require_sandbox() -> None:
+    if not _sandbox_available():
+        pytest.skip("needs `unshare -m` and a tmpfs mount for a private /dev/shm "
+                    "(root or user namespaces)")
+
+
+def _sandboxed(size: str, argv: list[str], then: str = "") -> list[str]:
+    """argv run in a private mount namespace with a ``size`` tmpfs on /dev/shm;
+    ``then`` is shell code run afterwards in the same namespace."""
+    script = (f"mount -t tmpfs -o size={size} tmpfs /dev/shm || exit 97\n"
+              f"\"$@\"\nrc=$?\n{then}\nexit $rc\n")
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+def _pool(start_method: str, max_workers: int = 2, **kw: Any) -> sa.ProcessPoolExecutor:
+    return sa.ProcessPoolExecutor(max_workers, mp.get_context(start_method), **kw)
+
+
+# ---------------------------------------------------------------- worker functions
+
+def suicide(x: np.ndarray) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for_file(path: str, x: Any = None, limit: float = 60.0) -> Any:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return x
+
+
+def big_io(x: np.ndarray, i: int) -> tuple:
+    time.sleep(0.005)
+    return os.getpid(), x * 2 + i
+
+
+# ---------------------------------------------------------------- killed workers
+
+def test_worker_sigkilled_mid_task(start_method, tmp_path):
+    flag = str(tmp_path / "never")
+    ex = _pool(start_method)
+    try:
+        # One worker blocks, the other runs ``doomed``; two more tasks queue up.
+        waiting = [ex.submit(wait_for_file, flag, np.full(BIG, 1.0))]
+        doomed = ex.submit(suicide, np.zeros(BIG))
+        waiting += [ex.submit(wait_for_file, flag, np.full(BIG, float(i))) for i in range(2)]
+        with pytest.raises(BrokenProcessPool):
+            doomed.result(timeout=60)
+        for f in waiting:
+            with pytest.raises(BrokenProcessPool):
+                f.result(timeout=60)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(wait_for_file, flag)
+    finally:
+        ex.shutdown()
+    del waiting, doomed
+    assert _wait_until(lambda: not _mine(), 10), _mine()
+
+
+def test_worker_killed_by_parent_with_large_io_in_flight(start_method):
+    ex = _pool(start_method)
+    try:
+        inputs = [np.full(BIG, float(i)) for i in range(8)]
+        futs = [ex.submit(big_io, inputs[i % 8], i) for i in range(60)]
+        victim = futs[0].result(timeout=60)[0]
+        os.kill(victim, signal.SIGKILL)
+        held, broken = [], 0
+        for i, f in enumerate(futs):
+            try:
+                pid, r = f.result(timeout=60)
+            except BrokenProcessPool:
+                broken += 1
+                continue
+            assert type(r) is sa.ndarray and np.all(r == 2.0 * (i % 8) + i)
+            held.append(r)
+        assert broken >= 1
+    finally:
+        ex.shutdown()
+    # Only the results we hold are left; results that never arrived are gone.
+    assert _mine() == {r.segment.name for r in held}
+    del held, r, futs, f
+    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert not _alive(victim)
+
+
+# ---------------------------------------------------------------- killed parent
+
+PARENT_SCRIPT = r'''
+import json, os, sys, time, multiprocessing as mp
+import numpy as np, psutil
+import sharedarray as sa
+
+
+def work(x, i):
+    time.sleep(0.002)
+    return x * 2 + i            # a large result: comes back through shared memory
+
+
+if __name__ == "__main__":
+    ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+    inputs = [np.full(1 << 18, float(i)) for i in range(6)]        # 2 MiB each
+    futs = [ex.submit(work, inputs[i % 6], i) for i in range(5000)]
+    held = []
+    for i, f in enumerate(futs):
+        r = f.result()
+        if len(held) < 8:
+            held.append(r)
+        futs[i] = None
+        if i == 10:
+            kids = [p.pid for p in psutil.Process().children(recursive=True)]
+            print("READY " + json.dumps({"pid": os.getpid(), "kids": kids,
+                                         "shm": sorted(os.listdir("/dev/shm"))}), flush=True)
+'''
+
+
+def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
+    """SIGKILL the parent while large inputs and results are in flight: within
+    10 s its workers, tracker and forkserver are gone, and its private /dev/shm
+    holds nothing: no segment, no semaphore."""
+    _require_sandbox()
+    pytest.importorskip("psutil")          # the script lists its children with it
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    # After the script dies the shell becomes a ``sleep`` that keeps the namespace.
+    argv = _sandboxed("512m", [sys.executable, str(script), start_method],
+                      then="exec sleep 300")
+    with open(out, "w") as fo, open(err, "w") as fe:
+        witness = subprocess.Popen(argv, stdout=fo, stderr=fe, cwd=tmp_path,
+                                   start_new_session=True)
+    try:
+        ready = None
+        deadline = time.monotonic() + 120
+        while ready is None and time.monotonic() < deadline:
+            for line in out.read_text().splitlines():
+                if line.startswith("READY "):
+                    ready = json.loads(line[6:])
+            if witness.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert ready is not None, f"script never got going:\n{out.read_text()}\n{err.read_text()}"
+        parent, kids = ready["pid"], ready["kids"]
+        assert any(n.startswith(f"sa-{parent}-") for n in ready["shm"]), ready["shm"]
+        assert len(kids) >= 3, kids          # two workers and the resource tracker at least
+        os.kill(parent, signal.SIGKILL)
+
+        shm = Path(f"/proc/{witness.pid}/root/dev/shm")
+        assert _wait_until(lambda: not _alive(parent), 10)
+        gone = _wait_until(lambda: not any(_alive(p) for p in kids), 10)
+        assert gone, [p for p in kids if _alive(p)]
+        clean = _wait_until(lambda: not os.listdir(shm), 10)
+        assert clean, sorted(os.listdir(shm))
+        assert witness.poll() is None        # the listing above was of the live namespace
+    finally:
+        os.killpg(witness.pid, signal.SIGKILL)
+        witness.wait(30)
+
+
+# ---------------------------------------------------------------- small /dev/shm
+
+TINY_SCRIPT = r'''
+import gc, json, os, sys, warnings, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def double(x):
+    return x * 2
+
+
+if __name__ == "__main__":
+    big = np.arange(1 << 22, dtype=np.float64)          # 32 MiB: no room for it
+    mid = np.arange(1 << 18, dtype=np.float64)          # 2 MiB: fits
+    with sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1])) as ex:
+        # Start the workers first: forked ones must not inherit the recording.
+        list(ex.map(double, range(4)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = ex.submit(double, big).result()
+            ok_big = bool(np.array_equal(r, big * 2))
+            big_type = type(r).__module__ + "." + type(r).__name__
+            del r
+            m = ex.submit(double, mid).result()
+            ok_mid = bool(np.array_equal(m, mid * 2))
+            mid_type = type(m).__module__ + "." + type(m).__name__
+            del m
+    gc.collect()
+    print(json.dumps({
+        "ok_big": ok_big, "big_type": big_type, "ok_mid": ok_mid, "mid_type": mid_type,
+        "warnings": [(w.category.__name__, str(w.message)) for w in caught],
+        "left": sorted(os.listdir("/dev/shm")),
+    }))
+'''
+
+
+def test_tiny_dev_shm_falls_back_to_pickling(start_method, tmp_path):
+    """An 8 MiB /dev/shm: a 32 MiB input and a 32 MiB result go by pickling,
+    with a warning; values are right and nothing is left behind."""
+    _require_sandbox()
+    script = tmp_path / "tiny.py"
+    script.write_text(TINY_SCRIPT)
+    # -W always: the worker's warning about the result reaches its stderr too.
+    argv = _sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method],
+                      then=("i=0; while [ -n \"$(ls -A /dev/shm)\" ] && [ $i -lt 100 ]; do "
+                            "sleep 0.1; i=$((i+1)); done; echo \"LEFT:$(ls -A /dev/shm | tr '\\n' ' ')\""))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[-2])
+    assert out["ok_big"] and out["ok_mid"]
+    assert out["big_type"] == "numpy.ndarray"              # fell back
+    assert out["mid_type"] == "sharedarray.core.ndarray"   # still shared
+    fallback = [w for w in out["warnings"] if "shared memory" in w[1] and "pickl" in w[1]]
+    assert fallback, out["warnings"]                        # the input's warning, in the parent
+    assert fallback[0][0] in ("RuntimeWarning", "ResourceWarning", "UserWarning")
+    assert "shared memory is too small" in proc.stderr      # the result's, in a worker
+    assert not [n for n in out["left"] if n.startswith(("sa-", ".sa-tmp-"))], out["left"]
+    assert lines[-1].strip() == "LEFT:", lines[-1]          # after exit: nothing at all
+    assert "leaked" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- many cycles
+
+CYCLES_SCRIPT = r'''
+import gc, json, os, sys, threading, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def task(x):
+    return x + 1
+
+
+def snapshot():
+    own = sys.argv[4] == "own"
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    return {"shm": sorted(n for n in os.listdir("/dev/shm")
+                          if not own or n.startswith((f"sa-{os.getpid()}-", f".sa-tmp-{os.getpid()}-"))),
+            "fds": len(os.listdir("/proc/self/fd")),
+            "maps": len(maps),
+            "file_maps": sum(1 for m in maps if m.split()[4] != "0"),
+            "shm_maps": [m for m in maps if "/dev/shm/" in m],
+            "threads": threading.active_count()}
+
+
+def cycle(ctx, arr):
+    ex = sa.ProcessPoolExecutor(1, ctx)
+    r = ex.submit(task, arr).result()
+    assert type(r) is sa.ndarray and r[0] == 1.0
+    del r
+    ex.shutdown()
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context(sys.argv[1])
+    n, warm = int(sys.argv[2]), int(sys.argv[3])
+    arr = np.zeros(1 << 17)          # 1 MiB: shared on the way in and out
+    for _ in range(warm):            # the tracker, the forkserver, imports, arenas
+        cycle(ctx, arr)
+    snaps = []
+    for i in range(n + 1):
+        if i in (0, n // 2, n):
+            gc.collect()
+            snaps.append(snapshot())
+        if i < n:
+            cycle(ctx, arr)
+    print(json.dumps(snaps))
+'''
+
+CYCLES = {"fork": 1000, "forkserver": 30, "spawn": 30}
+
+
+def test_create_shutdown_cycles_do_not_grow(start_method, tmp_path):
+    """Create a pool, run one task with a shared input and result, shut it down:
+    1,000 times with fork, but only 30 times with forkserver and spawn, where
+    each cycle starts a fresh worker that imports numpy (~0.5-1 s a cycle).
+
+    Compared with the state after warm-up: no more segments or semaphores in
+    /dev/shm (semaphores only when a private /dev/shm is available), fds
+    (/proc/self/fd), threads, file-backed mappings or mapped segments.
+    Anonymous mappings are glibc's (malloc arenas, cached thread stacks): they
+    grow with the peak number of live threads, which a loaded machine raises
+    now and then, up to a bound, so /proc/self/maps as a whole may gain a few
+    lines but not keep growing (a per-cycle leak would add hundreds with fork).
+    """
+    script = tmp_path / "cycles.py"
+    script.write_text(CYCLES_SCRIPT)
+    n = CYCLES[start_method]
+    sandbox = _sandbox_available()
+    argv = [sys.executable, str(script), start_method, str(n), "10",
+            "all" if sandbox else "own"]
+    if sandbox:
+        argv = _sandboxed("64m", argv)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, mid, last = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = [(s["fds"], s["maps"], s["file_maps"], s["threads"], len(s["shm"]))
+               for s in (first, mid, last)]
+    for s in (mid, last):
+        assert s["shm"] == first["shm"] == [], summary
+        assert s["fds"] == first["fds"], summary
+        assert s["threads"] == first["threads"], summary
+        assert s["shm_maps"] == first["shm_maps"] == [], (summary, s["shm_maps"])
+        assert s["file_maps"] == first["file_maps"], summary
+    assert last["maps"] - mid["maps"] <= 8, summary
+    assert last["maps"] - first["maps"] <= 40, summary
+    assert "leaked" not in proc.stderr, proc.stderr
