@@ -252,6 +252,10 @@ class _PoolState:
         self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}"
         self.lock = threading.Lock()
         self.leases: dict[int, _Lease] = {}
+        self.parked: list[_Lease] = []   # unused, kept until the next task is pickled
+        self.pending = 0                 # tasks submitted and not done
+        self.unsent = 0                  # ... of which not pickled yet
+        self.closed = False              # shut down or collected: clean up when idle
         self.by_value: collections.OrderedDict[int, tuple[Any, bytes]] = \
             collections.OrderedDict()
         self.fallback_warned = False
@@ -268,8 +272,8 @@ class _PoolState:
         p = _CloudArgPickler(buf, self, call)
         p.dump(obj)
         data = buf.getvalue()
-        if p.shares_memory:
-            return data, False
+        if p.shares_memory or getattr(obj, "__closure__", None) is not None:
+            return data, False   # closures: captured state may change between tasks
         with self.lock:
             self.by_value[id(obj)] = (obj, data)   # the strong ref pins id(obj)
             if len(self.by_value) > _BY_VALUE_CACHE_SIZE:
@@ -304,22 +308,65 @@ class _PoolState:
         return lease
 
     def release(self, leases: list[_Lease]) -> None:
-        """Tasks using ``leases`` are done: unlink copies nobody needs."""
+        """Tasks using ``leases`` are done: unlink copies nobody needs.
+
+        While tasks wait to be pickled (the rest of a ``map``), an unused copy
+        is parked until the next task is pickled, which may lease it again."""
         dead = []
         with self.lock:
             for lease in leases:
                 lease.count -= 1
                 if lease.count == 0 and self.leases.get(id(lease.source)) is lease:
-                    del self.leases[id(lease.source)]
-                    dead.append(lease)
+                    if self.unsent:
+                        self.parked.append(lease)
+                    else:
+                        del self.leases[id(lease.source)]
+                        dead.append(lease)
         for lease in dead:
             lease.release()
+
+    def submitted(self) -> None:
+        with self.lock:
+            self.pending += 1
+            self.unsent += 1
+
+    def sent(self, pickled: bool = True) -> None:
+        """A task was pickled (or will never be).  Parked copies that it did
+        not lease again are released; all of them when no task is left."""
+        with self.lock:
+            self.unsent -= 1
+            if not pickled and self.unsent:
+                return
+            dead = [lease for lease in self.parked if lease.count == 0
+                    and self.leases.get(id(lease.source)) is lease]
+            for lease in dead:
+                del self.leases[id(lease.source)]
+            self.parked.clear()
+        for lease in dead:
+            lease.release()
+
+    def task_done(self) -> None:
+        with self.lock:
+            self.pending -= 1
+            run = self.closed and self.pending == 0
+        if run:
+            self.cleanup()
+
+    def close(self) -> None:
+        """Shut down or collected: clean up now, or when the last pending task
+        is done (after ``shutdown(wait=False)`` tasks still run)."""
+        with self.lock:
+            self.closed = True
+            run = self.pending == 0
+        if run:
+            self.cleanup()
 
     def cleanup(self) -> None:
         """Release every lease and unlink results that never arrived."""
         with self.lock:
             dead = list(self.leases.values())
             self.leases.clear()
+            self.parked.clear()
         for lease in dead:
             lease.release()
         try:
@@ -347,9 +394,9 @@ class _ArgPickler(pickle.Pickler):
     * plain arrays of at least the threshold become leased shared copies;
     * functions and classes that plain pickle cannot carry by reference
       (lambdas, closures, anything defined in ``__main__``) are pickled by
-      value with cloudpickle, as separate blobs that are cached per object,
-      so a ``__main__`` function costs cloudpickle once per executor and not
-      once per task;
+      value with cloudpickle, as separate blobs; those without a closure are
+      cached per object, so a ``__main__`` function costs cloudpickle once
+      per executor and not once per task;
     * ``shares_memory`` records whether the stream refers to shared memory,
       which makes a blob unsafe to cache (it would pin the mapping).
     """
@@ -424,8 +471,8 @@ def _load_by_value(data: bytes, cacheable: bool) -> Any:
 class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
-    __slots__ = ("fn", "args", "kwargs", "state", "leases", "done", "lock",
-                 "__weakref__")
+    __slots__ = ("fn", "args", "kwargs", "state", "leases", "done", "sent",
+                 "lock", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  state: _PoolState) -> None:
@@ -435,6 +482,7 @@ class _Call:
         self.state = state
         self.leases: list[_Lease] = []
         self.done = False
+        self.sent = False
         self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple:
@@ -447,9 +495,11 @@ class _Call:
                      state.prefix))
             except BaseException:
                 self._release_locked()
+                self._sent_locked()
                 raise
             if self.done:              # finished (pool broke) while we pickled
                 self._release_locked()
+            self._sent_locked(True)
         return _load_call, (buf.getvalue(),)
 
     def _release_locked(self) -> None:
@@ -457,11 +507,18 @@ class _Call:
         if leases:
             self.state.release(leases)
 
-    def finished(self, _future: Future) -> None:
+    def _sent_locked(self, pickled: bool = False) -> None:
+        if not self.sent:
+            self.sent = True
+            self.state.sent(pickled)
+
+    def finished(self, _future: Future | None) -> None:
         """Done callback: the task no longer needs its shared inputs."""
         with self.lock:
             self.done = True
             self._release_locked()
+            self._sent_locked()
+        self.state.task_done()
 
 
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
@@ -509,17 +566,37 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._sa_state = _PoolState(share_threshold)
         super().__init__(max_workers, mp_context, _worker_init,
                          (os.getpid(), initializer, initargs), **kwargs)
-        self._sa_finalizer = weakref.finalize(self, _PoolState.cleanup,
+        self._sa_finalizer = weakref.finalize(self, _PoolState.close,
                                               self._sa_state)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
         call = _Call(fn, args, kwargs, self._sa_state)
-        future = super().submit(call)
+        self._sa_state.submitted()
+        try:
+            future = super().submit(call)
+        except BaseException:
+            call.finished(None)
+            raise
         future.add_done_callback(call.finished)
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__ or submit.__doc__
+
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None,
+            chunksize: int = 1, **kwargs: Any) -> Any:
+        """As the standard ``map``; an array passed to many tasks is copied once."""
+        # Counts as one more unpickled task while the tasks are submitted, so
+        # a copy is not dropped between two submits when the first finishes.
+        self._sa_state.submitted()
+        try:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
+                               **kwargs)
+        finally:
+            self._sa_state.sent(False)
+            self._sa_state.task_done()
+
+    map.__doc__ = concurrent.futures.ProcessPoolExecutor.map.__doc__ or map.__doc__
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the standard ``shutdown``; with ``wait``, also unlinks temporaries."""

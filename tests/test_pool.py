@@ -273,9 +273,6 @@ def test_unpicklable_result_fails_the_future_only(pool):
     assert pool.submit(square, 5).result() == 25
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (802475c): by-value functions are cached per object, so a closure "
-    "resubmitted after its captured state changed runs with the old state"))
 def test_closure_sees_current_state_on_each_submit(pool):
     state = {"k": 1}
     weights = np.zeros(SMALL)
@@ -413,11 +410,6 @@ def test_threshold_boundary(pool):
     assert type(pool.submit(ident, below).result()) is np.ndarray
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG: a map copies the same array again whenever every task pickled so far "
-    "has finished before the next one is pickled (the lease count drops to 0 and "
-    "the copy is unlinked while later tasks of the map still need it); a race, "
-    "hence not strict: make this a plain test once fixed"))
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_same_array_copied_once_per_map(pool, chunksize):
     arr = _big()
@@ -617,10 +609,6 @@ def test_submit_after_shutdown_raises(start_method):
         ex.map(square, [1])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the executor's cleanup (gc finalizer, or a second shutdown() after "
-    "shutdown(wait=False), which does not wait) unlinks the temporaries of tasks "
-    "still pending, and the pool breaks"))
 @pytest.mark.parametrize("how", ["drop", "shutdown-again"])
 def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, tmp_path):
     """Standard behaviour: after ``shutdown(wait=False)`` pending futures still
