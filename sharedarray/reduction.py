@@ -27,6 +27,7 @@ import contextvars
 import copyreg
 import functools
 import os
+import threading
 import weakref
 from multiprocessing import resource_tracker
 from typing import Any, Iterator
@@ -113,17 +114,78 @@ def _by_value_reduce(arr: np.ndarray) -> tuple:
     return np.asarray, (arr.view(np.ndarray),)
 
 
+def _same_metadata(a: np.dtype, b: np.dtype) -> bool:
+    if a.metadata is b.metadata:
+        return True
+    try:
+        return bool(a.metadata == b.metadata)
+    except Exception:     # metadata may hold anything, arrays included
+        return False
+
+
+def _identical(a: np.dtype, b: np.dtype) -> bool:
+    """``a == b``, and alike in what ``==`` ignores: the aligned flag and
+    metadata (of the dtype and of every field)."""
+    if a is b:
+        return True
+    if a != b or a.isalignedstruct != b.isalignedstruct or not _same_metadata(a, b):
+        return False
+    if a.names is not None:
+        return all(a.fields[n][1:] == b.fields[n][1:]
+                   and _identical(a.fields[n][0], b.fields[n][0]) for n in a.names)
+    if a.subdtype is not None:
+        return _identical(a.subdtype[0], b.subdtype[0])
+    return True
+
+
+def _in_header(dt: np.dtype) -> bool:
+    """Whether a .npy header gives back exactly ``dt``: it keeps neither
+    the aligned flag of structured dtypes nor metadata."""
+    if dt.isalignedstruct or dt.metadata is not None:
+        return False
+    if dt.names is not None:
+        return all(_in_header(dt.fields[n][0]) for n in dt.names)
+    if dt.subdtype is not None:
+        return _in_header(dt.subdtype[0])
+    return True
+
+
+# id(dtype) -> (dtype, whether a handle may leave it out); the dtype is kept
+# so that its id cannot be reused while the entry exists.
+_header_dtypes: dict[int, tuple[np.dtype, bool]] = {}
+
+
+def _dtype_for_handle(dt: np.dtype, seg_dtype: np.dtype) -> np.dtype | None:
+    """None when the receiver's own header dtype is exactly ``dt``."""
+    if dt is not seg_dtype and not _identical(dt, seg_dtype):
+        return dt
+    entry = _header_dtypes.get(id(seg_dtype))
+    if entry is None or entry[0] is not seg_dtype:
+        if len(_header_dtypes) >= 256:
+            _header_dtypes.clear()
+        entry = _header_dtypes[id(seg_dtype)] = (seg_dtype, _in_header(seg_dtype))
+    return None if entry[1] else dt
+
+
 def reduce_ndarray(arr: ndarray) -> tuple:
     """copyreg reducer: a handle if the memory is in a segment, else the data."""
+    if arr.size == 0:
+        # Nothing to share, and no data to send: the exact dtype and shape
+        # (numpy's own reducer turns non-native byte orders native under
+        # pickle protocols < 5).
+        return np.ndarray, (arr.shape, arr.dtype)
     if _by_value.get():
         return _by_value_reduce(arr)
     seg = segment_of(arr)
-    if seg is None or seg.meta is None or arr.size == 0:
+    if seg is None or seg.meta is None:
         return _by_value_reduce(arr)
     _remember(seg)
     meta = seg.meta
     offset = arr.__array_interface__["data"][0] - seg.addr
-    dtype = None if arr.dtype == meta.dtype else arr.dtype
+    # The receiver rebuilds with its own header's dtype unless told otherwise:
+    # a view may have another dtype, or one that == the segment's but is not
+    # the same (aligned flag, metadata, which a .npy header does not keep).
+    dtype = _dtype_for_handle(arr.dtype, meta.dtype)
     return rebuild_ndarray, (seg.name, meta.token, meta.boot, offset, arr.shape,
                              arr.strides, dtype, arr.flags.writeable)
 
@@ -198,17 +260,40 @@ def _release(name: str, path: str, kind: int, pid: int,
         pass
 
 
+# Segment -> (finalizer, pid) for the segments this process owns.  own() is
+# idempotent: a second finalizer would unregister the name a second time, and
+# the resource tracker answers that with a KeyError traceback on stderr.
+_owned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_owned_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _owned_lock
+    _owned_lock = threading.Lock()     # another thread may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def own(seg: Segment, registered: bool = False) -> weakref.finalize:
     """Make this process the owner of ``seg``: unlink it when it dies here.
 
     ``registered`` says the tracker already knows the name (this process or
     a worker registered it before creating it).  Returns the finalizer;
-    calling it releases the segment at once.
+    calling it releases the segment at once.  Owning a segment this process
+    already owns returns the existing finalizer.
     """
-    path = "/" + seg.name
-    if not registered:
-        resource_tracker.register(path, _TRACKER_TYPE)
-    return weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, os.getpid())
+    pid = os.getpid()
+    with _owned_lock:
+        entry = _owned.get(seg)
+        if entry is not None and entry[0].alive and entry[1] == pid:
+            return entry[0]
+        path = "/" + seg.name
+        if not registered:
+            resource_tracker.register(path, _TRACKER_TYPE)
+        fin = weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, pid)
+        _owned[seg] = (fin, pid)
+        return fin
 
 
 def share_segment(array: np.ndarray, owner: int | None = None,
