@@ -282,13 +282,11 @@ class ndarray(np.ndarray):
 
     def __array_wrap__(self, obj: np.ndarray, context: Any = None,
                        return_scalar: bool = False) -> Any:
-        if segment_of(obj) is None:
-            if type(obj) is not np.ndarray:
-                obj = obj.view(np.ndarray)
-            return obj[()] if return_scalar else obj
         if return_scalar:
             return obj[()]
-        return obj
+        if segment_of(obj) is None:        # new memory: a plain array
+            return obj if type(obj) is np.ndarray else obj.view(np.ndarray)
+        return obj if type(obj) is ndarray else obj.view(ndarray)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         return _plain_if_private(super().__array_function__(func, types, args, kwargs))
@@ -307,20 +305,69 @@ class ndarray(np.ndarray):
         """As ``numpy.ndarray.astype``; a new array is plain numpy."""
         return _plain_if_private(super().astype(*args, **kwargs))
 
+    def __getitem__(self, key: Any, _getitem: Any = np.ndarray.__getitem__) -> Any:
+        result = _getitem(self, key)
+        # Fancy and boolean indexing copy, and numpy makes the copy our
+        # subclass without calling __array_wrap__.  The base of a view of
+        # shared memory is this class or the Segment (a quick test first).
+        if (type(result) is ndarray and type(result.base) is not ndarray
+                and segment_of(result) is None):
+            return result.view(np.ndarray)
+        return result
+
+    @property
+    def flat(self) -> np.flatiter:  # type: ignore[override]
+        """As ``numpy.ndarray.flat``; what indexing it copies is plain numpy."""
+        return self.view(np.ndarray).flat
+
+    @flat.setter
+    def flat(self, value: Any) -> None:
+        np.ndarray.flat.__set__(self, value)  # type: ignore[attr-defined]
+
     @property
     def segment(self) -> Segment | None:
         """The segment holding this array's memory, or None if not shared."""
         return segment_of(self)
 
 
+def _plain_copies(name: str) -> Any:
+    """Wrap ``numpy.ndarray.<name>`` so that a copy it returns is plain numpy."""
+    method = getattr(np.ndarray, name)
+
+    def wrapper(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+        return _plain_if_private(method(self, *args, **kwargs))
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+# Methods that can return a new (private) array of the subclass without going
+# through __array_wrap__; the views they return stay sharedarray.ndarray.
+for _name in ("take", "repeat", "compress", "reshape", "ravel", "flatten",
+              "argsort", "argpartition", "byteswap", "dot", "choose",
+              "searchsorted", "nonzero"):
+    setattr(ndarray, _name, _plain_copies(_name))
+del _name
+
+
 def segment_of(arr: Any) -> Segment | None:
-    """The :class:`Segment` whose memory ``arr`` uses, or None."""
+    """The :class:`Segment` whose memory ``arr`` uses, or None.
+
+    Follows the base chain through arrays, memoryviews and objects that
+    export an array interface with a ``base`` (``as_strided`` makes those).
+    """
     base = arr
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if type(base) is memoryview:
-        base = base.obj
-    return base if type(base) is Segment else None
+    for _ in range(64):
+        if type(base) is Segment:
+            return base
+        if type(base) is memoryview:
+            base = base.obj
+        elif isinstance(base, np.ndarray) or hasattr(base, "__array_interface__"):
+            base = getattr(base, "base", None)
+        else:
+            return None
+    return None
 
 
 def _plain_if_private(result: Any) -> Any:
@@ -364,8 +411,13 @@ def _no_space(exc: OSError, name: str, p: _Path, size: int) -> OSError:
 
 def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C",
                    mode: int = 0o600, temporary: bool = False,
-                   owner: int | None = None) -> Segment:
-    """Create a segment (the mechanism behind :func:`create`)."""
+                   owner: int | None = None, data: Any = None) -> Segment:
+    """Create a segment (the mechanism behind :func:`create`).
+
+    ``data``, if given, is a bytes-like object with the array's bytes in the
+    segment's order; it is copied in before the name appears, so no other
+    process can attach the array before it holds its contents.
+    """
     p = _parse_name(name)
     dt, shape, fortran = _layout(shape, dtype, order)
     nbytes = dt.itemsize
@@ -379,8 +431,11 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
     tmp = f"{p.dir}/.sa-tmp-{os.getpid()}-{token}"
     try:
-        seg = _ext.create(p.canon, p.path, p.kind, size, header, mode, True,
-                          p.fspath, p.dir, tmp)
+        # Pre-fault shm pages (fallocate already allocated them); never a
+        # file on disk, where populating would read the whole file in.
+        seg = _ext.create(p.canon, p.path, p.kind, size, header, mode,
+                          p.kind == _ext.KIND_SHM,
+                          p.fspath, p.dir, tmp, data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _no_space(exc, name, p, size) from None
@@ -470,7 +525,7 @@ def exists(name: str) -> bool:
         _ext.stat(name, p.path, p.kind)
     except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:       # EACCES, ELOOP (a symlink): the name is taken
         return True
     return True
 
@@ -479,9 +534,14 @@ def from_array(name: str, array: Any, *, mode: int = 0o600) -> ndarray:
     """Create ``name`` holding a copy of ``array`` (dtype, shape and C/F order kept)."""
     src = np.asarray(array)
     order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
-    out = create(name, src.shape, src.dtype, order=order, mode=mode)
-    np.copyto(out, src, casting="no")
-    return out
+    data = None
+    if src.size and src.dtype.itemsize and not src.dtype.hasobject:
+        # The bytes in the segment's order (a view when src is contiguous);
+        # the C core copies them in before publishing the name, so attaching
+        # processes never see the zeros that a copy after create() would show.
+        data = memoryview(src.ravel(order=order).view(np.uint8))
+    return wrap(create_segment(name, src.shape, src.dtype, order=order, mode=mode,
+                               data=data))
 
 
 def _read_info(path: str, name: str) -> ArrayInfo | None:

@@ -445,10 +445,6 @@ def test_aligned_struct_roundtrips_exactly_in_fresh_interpreter(shm_name):
         sa.delete(shm_name)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: these views of shared memory "
-                   "come back as plain numpy.ndarray (core.ndarray.__array_wrap__ "
-                   "returns numpy's base-class view as it is; segment_of() stops "
-                   "at as_strided's DummyArray base), so they pickle by value")
 @pytest.mark.parametrize("make", [
     lambda a: a[:1].squeeze(),
     lambda a: np.squeeze(a[None]),

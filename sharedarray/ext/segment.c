@@ -301,11 +301,14 @@ static PyType_Spec Segment_spec = {
 /* ------------------------------------------------------------------ */
 
 /* Open an existing object; returns an fd or -1 with errno set.
- * Called without the GIL. */
+ * O_NONBLOCK: a FIFO under the name must not block the open forever (the
+ * caller rejects anything that is not a regular file); it changes nothing
+ * for regular files and shm objects.  Called without the GIL. */
 static int
 open_existing(const char *path, int kind, int flags)
 {
     int fd;
+    flags |= O_NONBLOCK;
     do {
         if (kind == KIND_SHM) {
             fd = shm_open(path, flags | O_CLOEXEC, 0);
@@ -395,6 +398,8 @@ typedef struct {
     int populate;
     const char *header;
     Py_ssize_t header_len;
+    const char *data;      /* optional contents, copied right after the header */
+    Py_ssize_t data_len;
 } create_args;
 
 /* Fill fd: reserve the space, map it, write the header.  Returns the
@@ -414,6 +419,10 @@ fill(int fd, const create_args *a, int *err)
         return MAP_FAILED;
     }
     memcpy(addr, a->header, (size_t)a->header_len);
+    if (a->data_len > 0) {
+        /* Before the name is published: readers see all of it or nothing. */
+        memcpy((char *)addr + a->header_len, a->data, (size_t)a->data_len);
+    }
     return addr;
 }
 
@@ -508,10 +517,11 @@ static PyObject *
 ext_create(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"name", "path", "kind", "size", "header", "mode",
-                             "populate", "fspath", "dir", "tmppath", NULL};
+                             "populate", "fspath", "dir", "tmppath", "data", NULL};
     PyObject *name;
     create_args a = {0};
     Py_buffer header = {0};
+    Py_buffer data = {0};
     Py_ssize_t size;
     unsigned int mode;
     int err = 0;
@@ -520,14 +530,14 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
     PyObject *result = NULL;
 
     a.fspath = a.dir = a.tmppath = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usiny*Ip|zzz:create", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usiny*Ip|zzzz*:create", kwlist,
                                      &name, &a.path, &a.kind, &size, &header,
                                      &mode, &a.populate, &a.fspath, &a.dir,
-                                     &a.tmppath)) {
+                                     &a.tmppath, &data)) {
         return NULL;
     }
-    if (size <= 0 || header.len > size) {
-        PyErr_SetString(PyExc_ValueError, "size must cover the header");
+    if (size <= 0 || header.len > size || data.len > size - header.len) {
+        PyErr_SetString(PyExc_ValueError, "size must cover the header and data");
         goto cleanup;
     }
 #ifdef __linux__
@@ -540,6 +550,8 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
     a.mode = (mode_t)mode;
     a.header = header.buf;
     a.header_len = header.len;
+    a.data = data.buf;
+    a.data_len = data.obj != NULL ? data.len : 0;
 
     seg = segment_alloc(get_state(module)->segment_type, name, 0);
     if (seg == NULL) {
@@ -560,6 +572,9 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
 cleanup:
     Py_XDECREF(seg);
     PyBuffer_Release(&header);
+    if (data.obj != NULL) {
+        PyBuffer_Release(&data);
+    }
     return result;
 }
 
