@@ -21,8 +21,9 @@ demo: $(VENV)/.installed-bench
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n auto tests
 
+# `make bench BENCHFLAGS=--quick` for a one-minute smoke run.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCHFLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info sharedarray/*.so
