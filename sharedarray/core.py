@@ -191,11 +191,15 @@ def _layout(shape: Any, dtype: Any, order: str) -> tuple[np.dtype, tuple, bool]:
     return dt, shape, order == "F"
 
 
-def _encode_header(dt: np.dtype, shape: tuple, fortran: bool, meta: str) -> bytes:
+def _header_dict(dt: np.dtype, shape: tuple, fortran: bool) -> str:
+    """The header's dict, as numpy writes it."""
+    return ("{'descr': %r, 'fortran_order': %r, 'shape': %r, } "
+            % (np.lib.format.dtype_to_descr(dt), fortran, shape))
+
+
+def _encode_header(head: str, meta: str) -> bytes:
     """The .npy preamble + header, padded so that data starts on a page."""
-    descr = np.lib.format.dtype_to_descr(dt)
-    text = ("{'descr': %r, 'fortran_order': %r, 'shape': %r, } %s"
-            % (descr, fortran, shape, meta))
+    text = head + meta
     try:
         body = text.encode("latin1")
         version = 1
@@ -218,6 +222,8 @@ def _meta_comment(token: str, pid: int, temporary: bool) -> str:
 
 
 _header_cache: dict[bytes, Meta] = {}
+# create()'s (shape, dtype, order) -> normalised layout and header dict text
+_layout_cache: dict[tuple, tuple] = {}
 
 
 def parse_header(text: bytes, data_offset: int, name: str, version: int = 1) -> Meta:
@@ -419,13 +425,26 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     process can attach the array before it holds its contents.
     """
     p = _parse_name(name)
-    dt, shape, fortran = _layout(shape, dtype, order)
-    nbytes = dt.itemsize
-    for n in shape:
-        nbytes *= n
+    key = (shape, dtype, order)
+    try:
+        dt, shape, fortran, nbytes, head = _layout_cache[key]
+    except (KeyError, TypeError):     # new, or unhashable (a list shape)
+        dt, shape, fortran = _layout(shape, dtype, order)
+        nbytes = dt.itemsize
+        for n in shape:
+            nbytes *= n
+        head = _header_dict(dt, shape, fortran)
+        # Structured dtypes compare equal across align/metadata: not cached.
+        if dt.names is None and dt.metadata is None and not isinstance(dtype, np.dtype):
+            try:
+                if len(_layout_cache) > 256:
+                    _layout_cache.clear()
+                _layout_cache[key] = (dt, shape, fortran, nbytes, head)
+            except TypeError:
+                pass
     token = "%016x" % random.getrandbits(64)
     pid = os.getpid() if owner is None else owner
-    header = _encode_header(dt, shape, fortran, _meta_comment(token, pid, temporary))
+    header = _encode_header(head, _meta_comment(token, pid, temporary))
     size = len(header) + nbytes
     if size > sys.maxsize:
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")

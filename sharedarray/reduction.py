@@ -167,6 +167,15 @@ def _dtype_for_handle(dt: np.dtype, seg_dtype: np.dtype) -> np.dtype | None:
     return None if entry[1] else dt
 
 
+def _address(arr: np.ndarray) -> int:
+    """Address of ``arr``'s first element (a buffer export: cheaper than
+    ``__array_interface__``)."""
+    try:
+        return _ext.address(arr)
+    except (BufferError, TypeError, ValueError):
+        return arr.__array_interface__["data"][0]
+
+
 def reduce_ndarray(arr: ndarray) -> tuple:
     """copyreg reducer: a handle if the memory is in a segment, else the data."""
     if arr.size == 0:
@@ -181,7 +190,7 @@ def reduce_ndarray(arr: ndarray) -> tuple:
         return _by_value_reduce(arr)
     _remember(seg)
     meta = seg.meta
-    offset = arr.__array_interface__["data"][0] - seg.addr
+    offset = _address(arr) - seg.addr
     # The receiver rebuilds with its own header's dtype unless told otherwise:
     # a view may have another dtype, or one that == the segment's but is not
     # the same (aligned flag, metadata, which a .npy header does not keep).

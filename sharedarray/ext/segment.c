@@ -408,12 +408,25 @@ static void *
 fill(int fd, const create_args *a, int *err)
 {
     void *addr;
-    int flags = MAP_SHARED | (a->populate ? MAP_POPULATE : 0);
+    int flags = MAP_SHARED;
     *err = reserve(fd, a->size);
     if (*err != 0) {
         return MAP_FAILED;
     }
+#ifdef MADV_POPULATE_WRITE
     addr = mmap(NULL, (size_t)a->size, PROT_READ | PROT_WRITE, flags, fd, 0);
+    /* Pre-fault the reserved pages in one call (Linux 5.14+), cheaper than
+     * MAP_POPULATE's per-page fault path; older kernels: MAP_POPULATE. */
+    if (addr != MAP_FAILED && a->populate &&
+        madvise(addr, (size_t)a->size, MADV_POPULATE_WRITE) < 0) {
+        munmap(addr, (size_t)a->size);
+        addr = mmap(NULL, (size_t)a->size, PROT_READ | PROT_WRITE,
+                    flags | MAP_POPULATE, fd, 0);
+    }
+#else
+    addr = mmap(NULL, (size_t)a->size, PROT_READ | PROT_WRITE,
+                flags | (a->populate ? MAP_POPULATE : 0), fd, 0);
+#endif
     if (addr == MAP_FAILED) {
         *err = errno;
         return MAP_FAILED;
@@ -628,6 +641,13 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
         return NULL;
     }
     end = start + hlen;
+    while (end > start && (p[end - 1] == '\n' || p[end - 1] == '\0')) {
+        end--;
+    }
+    /* Headers are padded to a page with spaces: skip them a word at a time. */
+    while (end - start >= 8 && memcmp(p + end - 8, "        ", 8) == 0) {
+        end -= 8;
+    }
     while (end > start && (p[end - 1] == ' ' || p[end - 1] == '\n' ||
                            p[end - 1] == '\0')) {
         end--;
@@ -742,6 +762,21 @@ ext_unlink(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The address of the first element of a buffer-exporting object (a numpy
+ * array): what reduction needs to compute a view's offset in its segment. */
+static PyObject *
+ext_address(PyObject *module, PyObject *obj)
+{
+    Py_buffer view;
+    PyObject *result;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_STRIDES) < 0) {
+        return NULL;
+    }
+    result = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* (size, mtime, uid, mode) of an existing object. */
 static PyObject *
 ext_stat(PyObject *module, PyObject *args)
@@ -783,6 +818,7 @@ static PyMethodDef ext_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
     {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
+    {"address", ext_address, METH_O, "Address of an exporter's first element."},
     {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
     {NULL, NULL, 0, NULL},
 };
