@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SOURCES = pyproject.toml setup.py sharedarray/ext/segment.c
 
-.PHONY: demo test bench asan clean
+.PHONY: demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(VENV)/.installed-%: $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
-demo: $(VENV)/.installed-bench
+# The demo needs only the package itself.
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+demo: $(VENV)/.installed
 	$(BIN)/python -m sharedarray demo
 
 test: $(VENV)/.installed-test
