@@ -387,8 +387,10 @@ def _plain_if_private(result: Any) -> Any:
 def view(seg: Segment, offset: int, shape: tuple, strides: tuple | None,
          dtype: np.dtype, fortran: bool = False, writeable: bool = True) -> ndarray:
     """An :class:`ndarray` over ``seg`` holding a buffer export on it."""
-    arr = np.ndarray.__new__(ndarray, shape, dtype, memoryview(seg), offset,
-                             strides, "F" if fortran else "C")
+    # frombuffer keeps a memoryview, hence a counted export, on the segment.
+    flat = np.frombuffer(seg, np.uint8)
+    arr = np.ndarray.__new__(ndarray, shape, dtype, flat, offset, strides,
+                             "F" if fortran else "C")
     if not writeable and arr.flags.writeable:
         arr.flags.writeable = False
     return arr
