@@ -69,6 +69,7 @@ __all__ = ["ProcessPoolExecutor"]
 
 _POLL_PARENT = 0.5    # seconds between checks where pidfd is unavailable
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
+_SCAN_ITEMS = 1024    # longest result list checked for atomics (~20 ns/item)
 
 
 # ---------------------------------------------------------------- workers
@@ -195,7 +196,12 @@ class _LoadedCall:
 
     def __call__(self) -> Any:
         value = self.fn(*self.args, **self.kwargs)
-        if type(value) in _ATOMIC or self.threshold is None:
+        t = type(value)
+        if (t in _ATOMIC or self.threshold is None
+                # map()'s chunks come back as lists: skip our pickler when
+                # they hold only atomic values (no array can be inside)
+                or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
+                    and all(type(v) in _ATOMIC for v in value))):
             return value      # nothing to share: the standard path is fastest
         return _Result(value, self.threshold, self.owner, self.prefix)
 
