@@ -328,7 +328,7 @@ def report(results: dict, labels: list[str], quick: bool) -> dict:
         "delete removes the name while the creator still maps it; the memory is "
         "freed at the last detach.",
         "sharedarray's create reserves the space (posix_fallocate) and pre-faults "
-        "it (MAP_POPULATE), so create of a large array costs what the others pay "
+        "it (MADV_POPULATE_WRITE), so create of a large array costs what the others pay "
         "later at their first write (see create+fill); that is how it raises "
         "ENOSPC instead of SIGBUS.",
         "1 GiB fills vary with whether the host still backs the pages the kernel "
