@@ -181,15 +181,8 @@ class _Server:
     def _shared_array(self, kind: str, size: int) -> Any:
         key = (kind, size)
         if key not in self.shared:
-            if any(s != size for _, s in self.shared):
-                self._drop_shared()
             if kind == "share":
-                # The source stays alive while its copy is timed: freeing
-                # 1 GiB makes the VM's balloon report it to the host for
-                # seconds afterwards, which disturbs the next batches.
-                src = np.full(size // 8, 2.5)
-                self.shared[key] = self.sa.share(src)
-                self.shared[("src", size)] = src
+                self.shared[key] = self.sa.share(np.full(size // 8, 2.5))
             else:
                 name = _util.new_name("-pool")
                 arr = self.sa.create(name, (size // 8,), np.float64)
@@ -455,21 +448,24 @@ def run(quick: bool) -> dict:
             trials[("a", row, "tiny")] = trial(ROWS[row][0], "pass_tiny", CALLS,
                                                 row=row, calls=CALLS)
         res.update(_rounds(trials, a_repeats))
+        # Every size in one set of rounds, so that whatever the machine does
+        # meanwhile is spread over all sizes alike (the target is about size).
+        # The arrays are made first and the kernel given time to settle:
+        # making and freeing GiBs leaves reclaim and balloon work behind.
         for size in sizes:
-            # Make every family's array first, then let the kernel settle
-            # (creating GiBs of shared memory leaves reclaim and balloon work
-            # behind for a few seconds, which would land in the first batches).
             for fam in ("sharedarray", "stdlib", "joblib", "loky"):
                 children[fam].call("prepare_shared", kind="share", size=size)
             children["sharedarray"].call("prepare_shared", kind="create", size=size)
-            time.sleep(2.0 if size >= 256 * MiB else 0.5)   # let the kernel settle
-            trials = {("a", row, size): trial(ROWS[row][0], "pass_shared", CALLS, row=row,
-                                              kind="share", size=size, calls=CALLS)
-                      for row in rows}
+        time.sleep(3.0 if sizes[-1] >= 256 * MiB else 0.5)
+        trials = {}
+        for size in sizes:
+            for row in rows:
+                trials[("a", row, size)] = trial(ROWS[row][0], "pass_shared", CALLS, row=row,
+                                                 kind="share", size=size, calls=CALLS)
             trials[("a", "ours-create", size)] = trial(
                 "sharedarray", "pass_shared", CALLS, row="ours", kind="create",
                 size=size, calls=CALLS)
-            res.update(_rounds(trials, a_repeats))
+        res.update(_rounds(trials, a_repeats))
         for ch in children.values():
             ch.call("drop")
         lap("(a)")
