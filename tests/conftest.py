@@ -122,6 +122,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``pred`` (with gc) until true or ``timeout`` seconds passed."""
+    import gc
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        if pred():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def private_shm_unavailable() -> str | None:
+    """None if ``unshare -m`` + a tmpfs on /dev/shm works here, else why not."""
+    if not SHM.is_dir():
+        return "no /dev/shm"
+    try:
+        proc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"],
+            capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare: {exc}"
+    if proc.returncode != 0:
+        return f"unshare -m / mount not permitted: {proc.stderr.strip()}"
+    return None
+
+
 def run_python(code: str, *args: str, timeout: float = 120, check: bool = True,
                **kw) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (cross-interpreter tests)."""

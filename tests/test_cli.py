@@ -25,6 +25,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
+from conftest import private_shm_unavailable
+
 import sharedarray as sa
 from sharedarray.core import create_segment
 
@@ -445,23 +447,10 @@ def test_gc_after_the_creator_was_killed(tmp_path: Path) -> None:
             unlink_quietly(name)
 
 
-def _private_shm_available() -> str | None:
-    """None if ``unshare -m`` + a tmpfs on /dev/shm works here, else why not."""
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"],
-            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare: {exc}"
-    if proc.returncode != 0:
-        return f"unshare -m / mount not permitted: {proc.stderr.strip()}"
-    return None
-
-
 def test_gc_everything_in_private_shm() -> None:
     """Unscoped gc, in a /dev/shm of its own: only dead temporaries (and
     staging files of dead creators) go."""
-    why = _private_shm_available()
+    why = private_shm_unavailable()
     if why:
         pytest.skip(why)
     script = textwrap.dedent(f"""

@@ -30,6 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from conftest import wait_until
+
 import sharedarray as sa
 
 pytestmark = pytest.mark.fault
@@ -43,17 +45,6 @@ BIG = 1 << 18                 # float64 elements: 2 MiB, above the default thres
 def _mine() -> set[str]:
     prefix = f"sa-{os.getpid()}-"
     return {n for n in os.listdir(SHM) if n.startswith(prefix)}
-
-
-def _wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        gc.collect()
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -143,7 +134,7 @@ def test_worker_sigkilled_mid_task(start_method, tmp_path):
     finally:
         ex.shutdown()
     del waiting, doomed
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 def test_worker_killed_by_parent_with_large_io_in_flight(start_method):
@@ -168,7 +159,7 @@ def test_worker_killed_by_parent_with_large_io_in_flight(start_method):
     # Only the results we hold are left; results that never arrived are gone.
     assert _mine() == {r.segment.name for r in held}
     del held, r, futs, f
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
     assert not _alive(victim)
 
 
@@ -234,10 +225,10 @@ def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
         os.kill(parent, signal.SIGKILL)
 
         shm = Path(f"/proc/{witness.pid}/root/dev/shm")
-        assert _wait_until(lambda: not _alive(parent), 10)
-        gone = _wait_until(lambda: not any(_alive(p) for p in kids), 10)
+        assert wait_until(lambda: not _alive(parent), 10)
+        gone = wait_until(lambda: not any(_alive(p) for p in kids), 10)
         assert gone, [p for p in kids if _alive(p)]
-        clean = _wait_until(lambda: not os.listdir(shm), 10)
+        clean = wait_until(lambda: not os.listdir(shm), 10)
         assert clean, sorted(os.listdir(shm))
         assert witness.poll() is None        # the listing above was of the live namespace
     finally:

@@ -33,6 +33,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from conftest import wait_until
+
 import sharedarray as sa
 
 START_METHODS = ["fork", "forkserver", "spawn"]
@@ -52,18 +54,6 @@ def _mine() -> set[str]:
 
 def _exists(name: str) -> bool:
     return (SHM / name).exists()
-
-
-def _wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``pred`` (with gc) until true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        gc.collect()
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def _big(offset: float = 0.0) -> np.ndarray:
@@ -264,7 +254,7 @@ def test_unpicklable_argument_fails_the_future_only(pool):
     # The pool is still usable, and the big array's temporary copy made while
     # pickling the failed task does not stay behind.
     assert pool.submit(square, 4).result() == 16
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 def test_unpicklable_result_fails_the_future_only(pool):
@@ -334,7 +324,7 @@ def test_shared_array_written_through(pool):
     assert _exists(a.segment.name) and _exists(b.segment.name)
     names = [a.segment.name, b.segment.name]
     del a, b, d
-    assert _wait_until(lambda: not any(_exists(n) for n in names), 10)
+    assert wait_until(lambda: not any(_exists(n) for n in names), 10)
 
 
 def test_created_arrays_survive_shutdown(start_method, shm_name):
@@ -447,7 +437,7 @@ def test_threshold_none_sends_plain_arrays_both_ways(start_method):
         assert ex.submit(write_all, s, 9.0).result() == "done"
         assert np.all(s == 9.0)
         del s
-        assert not _mine() or _wait_until(lambda: not _mine(), 10)
+        assert not _mine() or wait_until(lambda: not _mine(), 10)
 
 
 # ---------------------------------------------------------------- results
@@ -475,7 +465,7 @@ def test_large_result_comes_back_shared_and_owned(pool):
     gc.collect()
     assert _exists(name) and view[1] == 7.0
     del view, d
-    assert _wait_until(lambda: not _exists(name), 10), name
+    assert wait_until(lambda: not _exists(name), 10), name
 
 
 def test_nested_results(pool):
@@ -488,7 +478,7 @@ def test_nested_results(pool):
     names = [a.segment.name, b.segment.name]
     assert names[0] != names[1] and all(_exists(n) for n in names)
     del res, a, b
-    assert _wait_until(lambda: not any(_exists(n) for n in names), 10)
+    assert wait_until(lambda: not any(_exists(n) for n in names), 10)
 
 
 def test_result_layouts_and_dtypes(pool):
@@ -519,7 +509,7 @@ def test_result_survives_shutdown(start_method):
     assert not _exists(dropped)
     assert np.all(keep == 4.0)
     del keep
-    assert _wait_until(lambda: not _exists(name), 10)
+    assert wait_until(lambda: not _exists(name), 10)
 
 
 # ---------------------------------------------------------------- temporaries
@@ -530,7 +520,7 @@ def test_input_temporary_unlinked_when_its_task_is_done(pool):
     name = fut.result()["segment"]
     assert name.startswith(f"sa-{os.getpid()}-")
     # The caller still holds ``arr``: the copy goes because no task needs it.
-    assert _wait_until(lambda: not _exists(name), 5), name
+    assert wait_until(lambda: not _exists(name), 5), name
     assert type(arr) is np.ndarray
 
 
@@ -547,7 +537,7 @@ def test_input_temporary_kept_while_a_pending_task_needs_it(pool, tmp_path):
     out = blocker.result()
     assert type(out) is sa.ndarray and out.segment.name == name   # the very copy
     del out, blocker
-    assert _wait_until(lambda: not _exists(name), 5), name
+    assert wait_until(lambda: not _exists(name), 5), name
 
 
 @pytest.mark.parametrize("how", ["shutdown", "with"])
@@ -568,7 +558,7 @@ def test_no_temporaries_after_shutdown(start_method, how):
     gc.collect()
     assert _mine() == {kept.segment.name}
     del kept
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 def test_shutdown_cancel_futures(start_method, tmp_path):
@@ -581,7 +571,7 @@ def test_shutdown_cancel_futures(start_method, tmp_path):
     stopper.start()
     try:
         # Pending futures are cancelled while the only worker is still busy.
-        assert _wait_until(lambda: futs[-1].cancelled(), 30)
+        assert wait_until(lambda: futs[-1].cancelled(), 30)
     finally:
         Path(flag).touch()
         stopper.join(60)
@@ -596,7 +586,7 @@ def test_shutdown_cancel_futures(start_method, tmp_path):
     with pytest.raises(RuntimeError):
         ex.submit(square, 2)
     del futs, done, cancelled
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 def test_submit_after_shutdown_raises(start_method):
@@ -617,19 +607,19 @@ def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, t
     ex = _new_pool(start_method, max_workers=1)
     futs = [ex.submit(wait_for_file, flag, Box(_big(i))) for i in range(5)]
     # Wait until the first tasks are pickled (their temporaries exist).
-    assert _wait_until(lambda: len(_mine()) >= 2, 30)
+    assert wait_until(lambda: len(_mine()) >= 2, 30)
     ex.shutdown(wait=False)
     if how == "drop":
         ref = weakref.ref(ex)
         del ex
-        assert _wait_until(lambda: ref() is None, 10)   # collected, finalizers run
+        assert wait_until(lambda: ref() is None, 10)   # collected, finalizers run
     else:
         ex.shutdown(wait=True)      # returns at once, as in the standard library
     Path(flag).touch()
     sums = [float(f.result(timeout=60).payload.sum()) for f in futs]
     assert sums == [float(_big(i).sum()) for i in range(5)]
     del futs
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 # ---------------------------------------------------------------- initializer, breakage, recycling
@@ -669,7 +659,7 @@ def test_task_that_cannot_be_unpickled_breaks_the_pool(start_method):
             fut.result(timeout=60)
     finally:
         ex.shutdown()
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is 3.11+")
@@ -704,7 +694,7 @@ def test_zero_threshold_with_empty_and_scalar_arrays(start_method):
             assert r.shape == v.shape and r.dtype == v.dtype
             assert np.array_equal(np.asarray(r), v)
         del r
-    assert _wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not _mine(), 10), _mine()
 
 
 # ---------------------------------------------------------------- __main__ functions

@@ -26,6 +26,8 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from conftest import private_shm_unavailable
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 NO_RUN = "<!-- no-run -->"
 TIMEOUT = 180
@@ -82,17 +84,7 @@ def python_blocks(markdown: str) -> Iterator[Block]:
 @functools.lru_cache(maxsize=None)
 def private_shm() -> str | None:
     """None if blocks can get a private /dev/shm here, else the reason."""
-    if not Path("/dev/shm").is_dir():
-        return "no /dev/shm"
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"],
-            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare: {exc}"
-    if proc.returncode != 0:
-        return f"unshare -m / mount not permitted: {proc.stderr.strip()}"
-    return None
+    return private_shm_unavailable()
 
 
 def _blocks() -> list:
