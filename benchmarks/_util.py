@@ -246,6 +246,14 @@ def panel(title: str, groups: Sequence[str], series: dict[str, Sequence[float | 
             "ylabel": ylabel, "log": log}
 
 
+def line_panel(title: str, xs: Sequence[int], series: dict[str, Sequence[float | None]],
+               ylabel: str = "seconds per call", xlabel: str = "array size") -> dict:
+    """One log-log subplot: ``series[label][i]`` is the time at ``xs[i]`` bytes."""
+    return {"kind": "lines", "title": title, "xs": list(xs),
+            "series": {k: list(v) for k, v in series.items()},
+            "ylabel": ylabel, "xlabel": xlabel}
+
+
 def peer_version(dist: str) -> str | None:
     try:
         from importlib.metadata import version

@@ -186,8 +186,34 @@ def md_table(columns: list[str], rows: list[list]) -> list[str]:
     return out
 
 
+def _lines(ax, p: dict) -> None:
+    """A log-log panel: time against array size, one line per method."""
+    from _util import fmt_bytes
+    xs = p["xs"]
+    styles = ["o-", "s-", "^-", "v-", "D-", "P-", "X-", "*-"]
+    for i, (label, vals) in enumerate(p["series"].items()):
+        pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
+        if not pts:
+            continue
+        dashed = "reference" in label or "floor" in label
+        ax.plot([x for x, _ in pts], [v for _, v in pts],
+                "k--" if dashed else styles[i % len(styles)], label=label,
+                markersize=4, linewidth=1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([fmt_bytes(x) for x in xs], fontsize=8)
+    ax.minorticks_off()
+    ax.set_title(p.get("title", ""), fontsize=10)
+    ax.set_xlabel(p.get("xlabel", ""))
+    ax.set_ylabel(p.get("ylabel", ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
 def plot(spec: dict, where: str) -> str | None:
-    """Draw one figure of grouped bars; returns an error string or None."""
+    """Draw one figure (grouped bars or log-log lines per panel); returns
+    an error string or None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -200,6 +226,9 @@ def plot(spec: dict, where: str) -> str | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4),
                              squeeze=False)
     for ax, p in zip(axes[0], panels):
+        if p.get("kind") == "lines":
+            _lines(ax, p)
+            continue
         groups, series = p["groups"], p["series"]
         n = max(1, len(series))
         width = 0.8 / n

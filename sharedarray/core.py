@@ -466,6 +466,40 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     return seg
 
 
+def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bool:
+    """Make the temporary ``seg`` hold a copy of ``array`` instead, in place.
+
+    The segment keeps its name and size and gets a new token, so a handle
+    to its old contents raises ``StaleHandleError`` rather than show the new
+    ones.  Returns False, changing nothing, unless the new header and data
+    fill the segment exactly.  The caller guarantees that no process maps
+    the old contents any more: this overwrites them.  ``populate=False``
+    says this process's mapping already has every page (an earlier refill).
+    """
+    src = np.asarray(array)
+    fortran = bool(src.flags.f_contiguous and not src.flags.c_contiguous)
+    dt, shape = src.dtype, src.shape
+    if seg.readonly or seg.meta is None or dt.hasobject:
+        return False
+    token = "%016x" % random.getrandbits(64)
+    header = _encode_header(_header_dict(dt, shape, fortran),
+                            _meta_comment(token, seg.meta.pid, True))
+    if len(header) + src.nbytes != seg.size:
+        return False
+    # The new header first: from now on, a handle to the old contents
+    # attaching this name fails on the token instead of reading new data.
+    view(seg, 0, (len(header),), None, np.dtype(np.uint8))[...] = \
+        np.frombuffer(header, np.uint8)
+    # One madvise maps the pages; a fault per page costs several times
+    # the copy itself on a virtual machine.
+    if populate:
+        seg.populate()
+    np.copyto(view(seg, len(header), shape, None, dt, fortran), src, casting="no")
+    seg.meta = Meta(dt, shape, fortran, len(header), src.nbytes, token,
+                    seg.meta.pid, BOOT_ID, time.time(), True)
+    return True
+
+
 def attach_segment(name: str, ro: bool = False) -> Segment:
     """Map an existing segment and validate its header (behind :func:`attach`)."""
     p = _parse_name(name)

@@ -20,12 +20,18 @@ Data flow and ownership::
                                                     sa-<parent pid>-<pool><rand>,
                                                     registered with the tracker
       result thread unpickles: attach R, the parent now owns R
-    future done -> leases released; T unlinked when no pending task needs it
+    future done -> leases released; when no pending task needs T, T becomes a
+    spare, refilled in place by the next array of its size (a memcpy instead
+    of a new segment), or is unlinked
 
 Who unlinks what:
 
-* T (inputs): the parent, as soon as the last task leasing it is done, and at
-  ``shutdown()``.
+* T (inputs): the parent.  When no pending task needs it, T is kept as a
+  spare for ``_SPARE_TTL`` seconds (at most ``_SPARES`` of them, in at most a
+  ``1/_SPARE_SHARE`` of /dev/shm), then unlinked; at once when the room is
+  needed for a new copy, at ``shutdown()``, or when T cannot be reused: a
+  task using it failed, or a worker still maps it after its task (it kept
+  the array, or returned a view of it; the worker says so with its result).
 * R (results): the parent, when the last array on R dies (like ``share()``).
   Results that never reached the parent (a worker killed mid-task, a broken
   pool) are found by their pool prefix and unlinked at ``shutdown()``.
@@ -61,13 +67,16 @@ import cloudpickle
 import numpy as np
 
 from . import _ext
-from .core import SHM_DIR, ndarray, view
-from .reduction import (_cache, _remember, attach_owned, own, reduce_ndarray,
-                        share_segment)
+from .core import SHM_DIR, Segment, ndarray, refill_segment, view
+from .reduction import (_cache, _remember, attach_owned, own, rebuild_ndarray,
+                        reduce_ndarray, share_segment)
 
 __all__ = ["ProcessPoolExecutor"]
 
 _POLL_PARENT = 0.5    # seconds between checks where pidfd is unavailable
+_SPARES = 4           # released input copies kept for reuse, at most ...
+_SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
+_SPARE_TTL = 5.0      # ... for this many seconds unused
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
 _SCAN_ITEMS = 1024    # longest result list checked for atomics (~20 ns/item)
 
@@ -161,16 +170,18 @@ class _ResultPickler(pickle.Pickler):
 
 
 class _Result:
-    """A worker's return value on its way back to the parent."""
+    """A worker's return value on its way back to the parent, with the names
+    of input copies this worker still maps (they must not be reused)."""
 
-    __slots__ = ("value", "threshold", "owner", "prefix")
+    __slots__ = ("value", "threshold", "owner", "prefix", "retained")
 
     def __init__(self, value: Any, threshold: int | None, owner: int,
-                 prefix: str) -> None:
+                 prefix: str, retained: tuple = ()) -> None:
         self.value = value
         self.threshold = threshold
         self.owner = owner
         self.prefix = prefix
+        self.retained = retained
 
     def __reduce__(self) -> tuple:
         buf = io.BytesIO()
@@ -181,35 +192,77 @@ class _Result:
             for seg in p.created:
                 _discard(seg.name)
             raise
-        return _load_result, (buf.getvalue(),)
+        return _load_result, (buf.getvalue(), self.retained)
 
 
-def _load_result(payload: bytes) -> Any:
+# Parent: names of input copies that a worker kept mapped after its task (a
+# global, a returned view): never reused, unlinked as usual when released.
+_pinned: set[str] = set()
+
+
+def _load_result(payload: bytes, retained: tuple = ()) -> Any:
     """Unpickle a result in the parent (result thread)."""
+    if retained:
+        _pinned.update(retained)
     return pickle.loads(payload)
+
+
+# Worker: the input copies attached while one task is unpickled.
+_loading: list[str] | None = None
+
+
+def _rebuild_lease(*handle: Any) -> ndarray:
+    """Worker side of a leased input copy: a handle, noted for the task."""
+    arr = rebuild_ndarray(*handle)
+    if _loading is not None:
+        _loading.append(handle[0])
+    return arr
+
+
+def _still_mapped(names: list[str]) -> tuple:
+    """Which of ``names`` this process still maps."""
+    out = []
+    for name in names:
+        ref = _cache.get(name)
+        if ref is not None and ref() is not None:
+            out.append(name)
+    return tuple(out)
 
 
 class _LoadedCall:
     """A task as the worker sees it: call it to run it."""
 
-    __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix")
+    __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix", "leased")
 
     def __call__(self) -> Any:
-        value = self.fn(*self.args, **self.kwargs)
+        try:
+            value = self.fn(*self.args, **self.kwargs)
+        finally:
+            if self.leased:
+                # Drop the inputs now: the parent reuses a copy only if no
+                # worker maps it once its tasks are done.
+                self.fn = self.args = self.kwargs = None
+        retained = _still_mapped(self.leased) if self.leased else ()
         t = type(value)
-        if (t in _ATOMIC or self.threshold is None
+        if not retained and (
+                t in _ATOMIC or self.threshold is None
                 # map()'s chunks come back as lists: skip our pickler when
                 # they hold only atomic values (no array can be inside)
                 or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
                     and all(type(v) in _ATOMIC for v in value))):
             return value      # nothing to share: the standard path is fastest
-        return _Result(value, self.threshold, self.owner, self.prefix)
+        return _Result(value, self.threshold, self.owner, self.prefix, retained)
 
 
 def _load_call(payload: bytes) -> _LoadedCall:
+    global _loading
     call = _LoadedCall()
-    (call.fn, call.args, call.kwargs, call.threshold, call.owner,
-     call.prefix) = pickle.loads(payload)
+    call.leased = _loading = []
+    try:
+        (call.fn, call.args, call.kwargs, call.threshold, call.owner,
+         call.prefix) = pickle.loads(payload)
+    finally:
+        _loading = None
     return call
 
 
@@ -239,14 +292,19 @@ def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
 class _Lease:
     """One temporary copy of one plain array, used by pending tasks."""
 
-    __slots__ = ("source", "array", "release", "count")
+    __slots__ = ("source", "seg", "array", "release", "count", "dirty", "mapped")
 
-    def __init__(self, source: np.ndarray, array: ndarray,
-                 release: weakref.finalize) -> None:
+    def __init__(self, source: np.ndarray, seg: Segment,
+                 release: weakref.finalize, mapped: bool = False) -> None:
+        m = seg.meta
         self.source = source      # keeps id(source) unique while leased
-        self.array = array        # read-only view of the copy
-        self.release = release
-        self.count = 0
+        self.seg = seg
+        self.array = view(seg, m.offset, m.shape, None, m.dtype, m.fortran,
+                          writeable=False)
+        self.release = release    # unlinks the copy
+        self.count = 1
+        self.dirty = False        # a task using it failed: never reuse it
+        self.mapped = mapped      # our mapping has every page (refilled before)
 
 
 class _PoolState:
@@ -265,6 +323,17 @@ class _PoolState:
         self.by_value: collections.OrderedDict[int, tuple[Any, bytes]] = \
             collections.OrderedDict()
         self.fallback_warned = False
+        # Released copies (segment, its finalizer, when it expires, whether
+        # our mapping has every page), oldest first, kept for a while to take
+        # the next array of the same size: refilling one costs a memcpy, a
+        # new segment several.
+        self.spares: list[tuple[Segment, weakref.finalize, float, bool]] = []
+        self.janitor: threading.Timer | None = None
+        try:
+            st = os.statvfs(SHM_DIR)
+            self.spare_budget = st.f_blocks * st.f_frsize // _SPARE_SHARE
+        except OSError:
+            self.spare_budget = 0
 
     def pickle_by_value(self, obj: Any, call: "_Call") -> tuple[bytes, bool]:
         """cloudpickle ``obj``; reuse the blob while ``obj`` lives and holds
@@ -293,25 +362,113 @@ class _PoolState:
             if lease is not None and lease.source is arr:
                 lease.count += 1
                 return lease
-        try:
-            seg = share_segment(arr)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            if not self.fallback_warned:
-                self.fallback_warned = True
-                _warn_fallback(arr, exc)
-            return None
-        fin = own(seg, registered=True)
-        m = seg.meta
-        _remember(seg)
-        readonly = view(seg, m.offset, m.shape, None, m.dtype, m.fortran,
-                        writeable=False)
+        spare = self.refill(arr)
+        if spare is not None:
+            seg, fin = spare
+        else:
+            seg = self.new_copy(arr)
+            if seg is None:
+                return None
+            fin = own(seg, registered=True)
+            _remember(seg)
+        lease = _Lease(arr, seg, fin, mapped=spare is not None)
         with self.lock:
-            lease = _Lease(arr, readonly, fin)
-            lease.count = 1
             self.leases[id(arr)] = lease
         return lease
+
+    def refill(self, arr: np.ndarray) -> tuple[Segment, weakref.finalize] | None:
+        """A spare copy of the same size, now holding ``arr``; or None."""
+        with self.lock:
+            for i, (seg, fin, _, mapped) in enumerate(self.spares):
+                if seg.size - seg.meta.offset == arr.nbytes:
+                    del self.spares[i]
+                    break
+            else:
+                return None
+        try:
+            if refill_segment(seg, arr, populate=not mapped):
+                return seg, fin
+        except BaseException:
+            fin()
+            raise
+        fin()                 # same size, other header length: rare
+        return None
+
+    def new_copy(self, arr: np.ndarray) -> Segment | None:
+        """A new segment holding ``arr``; None (and a warning) when full."""
+        for attempt in (0, 1):
+            try:
+                return share_segment(arr)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if attempt == 0 and self.drop_spares():
+                    continue          # the spares were in the way
+                if not self.fallback_warned:
+                    self.fallback_warned = True
+                    _warn_fallback(arr, exc)
+                return None
+        return None
+
+    def drop_spares(self) -> bool:
+        """Unlink every spare copy; whether there was one."""
+        with self.lock:
+            spares, self.spares = self.spares, []
+            janitor, self.janitor = self.janitor, None
+        if janitor is not None:
+            janitor.cancel()
+            if janitor is not threading.current_thread():
+                janitor.join()        # gone when shutdown() returns
+        for _seg, fin, _, _ in spares:
+            fin()
+        return bool(spares)
+
+    def expire(self) -> None:
+        """Janitor: unlink spares unused for ``_SPARE_TTL`` seconds."""
+        with self.lock:
+            self.janitor = None
+            now = time.monotonic()
+            dead = [fin for _, fin, end, _ in self.spares if end <= now]
+            self.spares = [s for s in self.spares if s[2] > now]
+            if self.spares:
+                self.arm_locked(min(s[2] for s in self.spares) - now)
+        for fin in dead:
+            fin()
+
+    def arm_locked(self, delay: float) -> None:
+        if self.janitor is None:
+            self.janitor = threading.Timer(max(delay, 0.0), self.expire)
+            self.janitor.daemon = True
+            self.janitor.name = "sharedarray-spares"
+            self.janitor.start()
+
+    def retire(self, leases: list[_Lease]) -> None:
+        """Copies no task needs any more: keep as spares the ones nobody
+        maps (within the budget) and unlink the rest."""
+        dead = []
+        for lease in leases:
+            seg = lease.seg
+            lease.array = None        # our own view of it
+            if (lease.dirty or seg.name in _pinned or seg.exports
+                    or seg.size > self.spare_budget):
+                _pinned.discard(seg.name)
+                dead.append(lease.release)
+                continue
+            with self.lock:
+                if self.closed:
+                    dead.append(lease.release)
+                    continue
+                self.spares.append((seg, lease.release,
+                                    time.monotonic() + _SPARE_TTL, lease.mapped))
+                used = sum(s[0].size for s in self.spares)
+                while self.spares and (len(self.spares) > _SPARES
+                                       or used > self.spare_budget):
+                    old, fin, _, _ = self.spares.pop(0)
+                    used -= old.size
+                    dead.append(fin)
+                self.arm_locked(_SPARE_TTL)
+        for fin in dead:
+            fin()
 
     def release(self, leases: list[_Lease]) -> None:
         """Tasks using ``leases`` are done: unlink copies nobody needs.
@@ -328,8 +485,7 @@ class _PoolState:
                     else:
                         del self.leases[id(lease.source)]
                         dead.append(lease)
-        for lease in dead:
-            lease.release()
+        self.retire(dead)
 
     def submitted(self) -> None:
         with self.lock:
@@ -348,8 +504,7 @@ class _PoolState:
             for lease in dead:
                 del self.leases[id(lease.source)]
             self.parked.clear()
-        for lease in dead:
-            lease.release()
+        self.retire(dead)
 
     def task_done(self) -> None:
         with self.lock:
@@ -368,13 +523,13 @@ class _PoolState:
             self.cleanup()
 
     def cleanup(self) -> None:
-        """Release every lease and unlink results that never arrived."""
+        """Release every lease and spare; unlink results that never arrived."""
         with self.lock:
             dead = list(self.leases.values())
             self.leases.clear()
             self.parked.clear()
-        for lease in dead:
-            lease.release()
+        self.retire(dead)     # closed: unlinks them all
+        self.drop_spares()
         try:
             names = os.listdir(SHM_DIR)
         except OSError:
@@ -421,7 +576,7 @@ class _ArgPickler(pickle.Pickler):
             return NotImplemented
         self.call.leases.append(lease)
         self.shares_memory = True
-        return reduce_ndarray(lease.array)
+        return _rebuild_lease, reduce_ndarray(lease.array)[1]
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
@@ -504,9 +659,14 @@ class _Call:
                 self._sent_locked()
                 raise
             if self.done:              # finished (pool broke) while we pickled
+                self._spoil_locked()
                 self._release_locked()
             self._sent_locked(True)
         return _load_call, (buf.getvalue(),)
+
+    def _spoil_locked(self) -> None:
+        for lease in self.leases:
+            lease.dirty = True
 
     def _release_locked(self) -> None:
         leases, self.leases = self.leases, []
@@ -518,9 +678,15 @@ class _Call:
             self.sent = True
             self.state.sent(pickled)
 
-    def finished(self, _future: Future | None) -> None:
+    def finished(self, future: Future | None) -> None:
         """Done callback: the task no longer needs its shared inputs."""
+        failed = (future is None or future.cancelled()
+                  or future.exception() is not None)
         with self.lock:
+            if failed:
+                # A worker may still map them (a traceback holds the frames;
+                # a broken pool tells nothing): never reuse these copies.
+                self._spoil_locked()
             self.done = True
             self._release_locked()
             self._sent_locked()
@@ -547,11 +713,14 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     closures and functions defined in ``__main__`` work with every start
     method.
 
-    Lifecycle: temporary segments are unlinked as soon as no pending task
-    needs them, at ``shutdown()``, and - through the resource tracker - if
-    this process is killed; workers exit by themselves when this process
-    dies.  When shared memory is full, an array falls back to ordinary
-    pickling with a ``RuntimeWarning``.
+    Lifecycle: a copy that no pending task needs any more is kept for up
+    to 5 seconds, to be refilled by the next array of the same size (a
+    memcpy instead of a new segment), unless a worker still maps it; then it
+    is unlinked.  Everything is unlinked at ``shutdown()`` and - through the
+    resource tracker - if this process is killed; workers exit by
+    themselves when this process dies.  When shared memory is full, kept
+    copies make room first; then an array falls back to ordinary pickling
+    with a ``RuntimeWarning``.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -1020,12 +1021,39 @@ def test_segment_attributes(shm_name):
             assert exc.errno in (errno.EPERM, errno.ENOMEM, errno.EAGAIN)
         else:
             assert seg.munlock() is None
+        assert seg.populate() in (True, False)          # False: kernel < 5.14
         with pytest.raises(TypeError):
             sa.Segment()
         with pytest.raises(AttributeError):
             seg.name = "other"
         assert np.zeros(3).view(sa.ndarray).segment is None    # not shared
         assert sa.ndarray((2,)).segment is None
+    finally:
+        sa.delete(shm_name)
+
+
+def test_refill_segment(shm_name):
+    """The executor's reuse of a released copy: new contents, layout and
+    token in place; anything that does not fill it exactly is refused."""
+    from sharedarray.core import create_segment, refill_segment, wrap
+    seg = create_segment(shm_name, (4, 6), np.float64, temporary=True)
+    try:
+        old = pickle.dumps(wrap(seg))
+        token, size = seg.meta.token, seg.size
+        new = np.asfortranarray(np.arange(48, dtype=np.int32).reshape(8, 6))
+        assert refill_segment(seg, new)
+        assert seg.size == size and seg.meta.token != token and seg.meta.temporary
+        got = sa.attach(shm_name)                     # another mapping, from the header
+        assert got.dtype == np.int32 and got.shape == (8, 6) and got.flags.f_contiguous
+        assert np.array_equal(got, new)
+        assert np.array_equal(np.load(SHM / shm_name), new)
+        with pytest.raises(sa.StaleHandleError):
+            pickle.loads(old)
+        del got
+        assert not refill_segment(seg, np.zeros(5))   # other size: untouched
+        assert not refill_segment(seg, np.zeros(49, np.float32))
+        assert np.array_equal(sa.attach(shm_name), new)
+        assert not refill_segment(sa.attach(shm_name, ro=True).segment, new)
     finally:
         sa.delete(shm_name)
 

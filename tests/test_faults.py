@@ -299,6 +299,50 @@ def test_tiny_dev_shm_falls_back_to_pickling(start_method, tmp_path):
     assert "leaked" not in proc.stderr, proc.stderr
 
 
+SPARE_SCRIPT = r'''
+import json, os, sys, time, warnings, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def total(x):
+    return float(x.sum())
+
+
+if __name__ == "__main__":
+    small = np.ones((12 << 20) // 8)                    # 12 MiB: kept as a spare
+    big = np.ones((56 << 20) // 8)                      # 56 MiB: fits only without it
+    with sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1])) as ex:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok_small = ex.submit(total, small).result() == small.size
+            deadline = time.monotonic() + 10
+            while ex._sa_state.leases and time.monotonic() < deadline:
+                time.sleep(0.01)
+            spares = sorted(os.listdir("/dev/shm"))
+            ok_big = ex.submit(total, big).result() == big.size
+    print(json.dumps({"ok": ok_small and ok_big, "spares": spares,
+                      "warnings": [str(w.message) for w in caught],
+                      "left": sorted(os.listdir("/dev/shm"))}))
+'''
+
+
+def test_spare_copy_gives_way_when_dev_shm_is_full(start_method, tmp_path):
+    """Docker's 64 MiB /dev/shm: a released 12 MiB copy kept for reuse is
+    unlinked when a 56 MiB input needs the room, with no fallback."""
+    _require_sandbox()
+    script = tmp_path / "spare.py"
+    script.write_text(SPARE_SCRIPT)
+    argv = _sandboxed("64m", [sys.executable, str(script), start_method])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"], out
+    assert len([n for n in out["spares"] if n.startswith("sa-")]) == 1, out
+    assert out["warnings"] == [], out          # shared, not pickled
+    assert out["left"] == [], out
+
+
 # ---------------------------------------------------------------- many cycles
 
 CYCLES_SCRIPT = r'''

@@ -21,6 +21,7 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ import pytest
 from conftest import wait_until
 
 import sharedarray as sa
+import sharedarray.pool as sa_pool
 
 START_METHODS = ["fork", "forkserver", "spawn"]
 THRESHOLD = 1 << 20                      # the executor's default
@@ -156,6 +158,36 @@ def getpid(_: Any = None) -> int:
 
 
 _INIT_STATE: dict = {}
+
+
+_kept: list = []
+
+
+def keep_input(x: np.ndarray) -> str:
+    """Hold on to the input after the task (a worker-side cache)."""
+    _kept.append(x)
+    return x.segment.name
+
+
+def keep_input_and_fail(x: np.ndarray) -> None:
+    _kept.append(x)
+    raise ValueError(x.segment.name)
+
+
+def every_other(x: np.ndarray) -> np.ndarray:
+    """A view of the input as the result (it points into the input's copy)."""
+    return x[::2]
+
+
+def layout(x: np.ndarray) -> dict:
+    """How a 2-d input arrived, and a few of its values."""
+    return {"segment": x.segment.name, "dtype": str(x.dtype), "shape": x.shape,
+            "fortran": bool(x.flags.f_contiguous and not x.flags.c_contiguous),
+            "picks": [int(x[1, 2]), int(x[3, -1])], "sum": int(x.sum())}
+
+
+def kept_sums() -> list[float]:
+    return [float(k.sum()) for k in _kept]
 
 
 def init_worker(tag: str, arr: np.ndarray) -> None:
@@ -519,7 +551,8 @@ def test_input_temporary_unlinked_when_its_task_is_done(pool):
     fut = pool.submit(describe, arr)
     name = fut.result()["segment"]
     assert name.startswith(f"sa-{os.getpid()}-")
-    # The caller still holds ``arr``: the copy goes because no task needs it.
+    # The caller still holds ``arr``: the copy goes because no task needs it
+    # (after the few milliseconds a spare lives in these tests).
     assert wait_until(lambda: not _exists(name), 5), name
     assert type(arr) is np.ndarray
 
@@ -620,6 +653,109 @@ def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, t
     assert sums == [float(_big(i).sum()) for i in range(5)]
     del futs
     assert wait_until(lambda: not _mine(), 10), _mine()
+
+
+# ---------------------------------------------------------------- reuse of released copies
+
+@pytest.fixture
+def spares_live(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Spares live as long as in real use (conftest shortens them)."""
+    monkeypatch.setattr(sa_pool, "_SPARE_TTL", 30.0)
+    return 30.0
+
+
+def _spares(ex: sa.ProcessPoolExecutor) -> list[str]:
+    return [spare[0].name for spare in ex._sa_state.spares]
+
+
+def _first_copy(ex: sa.ProcessPoolExecutor, fn: Callable, arr: np.ndarray) -> Any:
+    """Run ``fn(arr)``; wait until the executor has retired the copy."""
+    out = ex.submit(fn, arr).result()
+    assert wait_until(lambda: not ex._sa_state.leases, 10)
+    return out
+
+
+def test_released_copy_takes_the_next_array_of_its_size(start_method, spares_live):
+    with _new_pool(start_method) as ex:
+        name = _first_copy(ex, describe, _big(1.0))["segment"]
+        assert _spares(ex) == [name] and _mine() == {name}
+        # A fresh array of the same size is copied into it, not into a new one.
+        d = ex.submit(describe, _big(2.0)).result()
+        assert d["segment"] == name and not d["writeable"]
+        assert d["sum"] == float(_big(2.0).sum())
+        assert wait_until(lambda: _spares(ex) == [name], 10)
+        # Another shape, dtype and order of the same byte size: still reused,
+        # and read back with its own layout.
+        other = np.asfortranarray(np.arange(BIG, dtype=np.int64).reshape(4, -1))
+        got = ex.submit(layout, other).result()
+        assert got == {"segment": name, "dtype": "int64", "shape": (4, BIG // 4),
+                       "fortran": True, "picks": [int(other[1, 2]), int(other[3, -1])],
+                       "sum": int(other.sum())}
+        assert wait_until(lambda: _spares(ex) == [name], 10)
+        # Another size gets a segment of its own.
+        d = ex.submit(describe, np.ones(BIG + 512)).result()
+        assert d["segment"] != name and d["sum"] == BIG + 512
+        assert wait_until(lambda: len(_spares(ex)) == 2, 10)
+    assert not _mine()                  # shutdown unlinks spares at once
+
+
+@pytest.mark.parametrize("how", ["kept", "returned", "raised"])
+def test_copy_a_worker_still_maps_is_never_refilled(start_method, spares_live, how):
+    """A copy is refilled only when no worker maps it any more: a worker that
+    keeps its input, returns a view of it or fails with it live in a
+    traceback must go on seeing the old contents."""
+    with _new_pool(start_method, max_workers=1) as ex:
+        first = _big(1.0)
+        view = None
+        if how == "kept":
+            name = _first_copy(ex, keep_input, first)
+        elif how == "returned":
+            view = _first_copy(ex, every_other, first)
+            name = view.segment.name
+            assert not view.flags.writeable and np.array_equal(view, first[::2])
+        else:
+            with pytest.raises(ValueError) as info:
+                ex.submit(keep_input_and_fail, first).result()
+            name = str(info.value)
+            assert wait_until(lambda: not ex._sa_state.leases, 10)
+        assert name not in _spares(ex)
+        for k in range(2, 5):            # fresh arrays of the same size
+            d = ex.submit(describe, _big(float(k))).result()
+            assert d["segment"] != name and d["sum"] == float(_big(float(k)).sum())
+        if view is not None:
+            assert np.array_equal(view, first[::2])
+        else:
+            assert ex.submit(kept_sums).result() == [float(first.sum())]
+        del view
+    assert wait_until(lambda: not _mine(), 10), _mine()
+
+
+def test_handle_to_refilled_copy_is_stale(start_method, spares_live):
+    with _new_pool(start_method, max_workers=1) as ex:
+        blob = _first_copy(ex, pickle.dumps, _big(1.0))   # the worker's handle
+        assert pickle.loads(blob).sum() == float(_big(1.0).sum())
+        gc.collect()
+        assert wait_until(lambda: len(_spares(ex)) == 1, 10)
+        ex.submit(describe, _big(2.0)).result()            # refills it
+        with pytest.raises(sa.StaleHandleError):
+            pickle.loads(blob)
+
+
+def test_spares_are_bounded_and_expire(start_method, monkeypatch):
+    monkeypatch.setattr(sa_pool, "_SPARE_TTL", 1.0)
+    with _new_pool(start_method) as ex:
+        arrs = [_big(float(i)) for i in range(8)]
+        sums = [d["sum"] for d in ex.map(describe, arrs)]
+        assert sums == [float(a.sum()) for a in arrs]
+        assert wait_until(lambda: not ex._sa_state.leases, 10)
+        assert 1 <= len(_spares(ex)) <= sa_pool._SPARES
+        # Unused for the lifetime: unlinked without a shutdown.
+        assert wait_until(lambda: not _mine(), 10), _mine()
+        # A byte budget too: here room for one copy.
+        ex._sa_state.spare_budget = BIG * 8 + 4096
+        list(ex.map(describe, arrs))
+        assert wait_until(lambda: not ex._sa_state.leases, 10)
+        assert len(_spares(ex)) <= 1
 
 
 # ---------------------------------------------------------------- initializer, breakage, recycling

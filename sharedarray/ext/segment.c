@@ -213,6 +213,38 @@ Segment_munlock(Segment *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* Map every page of the object into this process now, in one call, so
+ * that a large copy into the mapping takes no page faults.  Returns False
+ * where the kernel cannot (MADV_POPULATE_READ is Linux 5.14+). */
+static PyObject *
+Segment_populate(Segment *self, PyObject *Py_UNUSED(ignored))
+{
+#ifdef MADV_POPULATE_READ
+    int rc, err = 0;
+    if (check_mapped(self) < 0) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = madvise(self->addr, (size_t)self->size, MADV_POPULATE_READ);
+    if (rc < 0) {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc == 0) {
+        Py_RETURN_TRUE;
+    }
+    if (err != EINVAL) {
+        errno = err;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->name);
+    }
+#else
+    if (check_mapped(self) < 0) {
+        return NULL;
+    }
+#endif
+    Py_RETURN_FALSE;
+}
+
 static PyObject *
 Segment_get_addr(Segment *self, void *closure)
 {
@@ -253,6 +285,9 @@ static PyMethodDef Segment_methods[] = {
      "mlock()\n--\n\nLock the mapping's pages in memory."},
     {"munlock", (PyCFunction)Segment_munlock, METH_NOARGS,
      "munlock()\n--\n\nUnlock the mapping's pages."},
+    {"populate", (PyCFunction)Segment_populate, METH_NOARGS,
+     "populate()\n--\n\nMap every page into this process now; False where "
+     "the kernel cannot."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -409,14 +444,21 @@ fill(int fd, const create_args *a, int *err)
 {
     void *addr;
     int flags = MAP_SHARED;
-    *err = reserve(fd, a->size);
-    if (*err != 0) {
-        return MAP_FAILED;
+    /* tmpfs allocates a page as write() fills it and fails with ENOSPC when
+     * it cannot: contents that cover the whole object reserve it as they
+     * are written, without fallocate's zero-fill of every page first. */
+    int written_whole = a->kind == KIND_SHM && a->data_len > 0 &&
+                        a->header_len + a->data_len == (Py_ssize_t)a->size;
+    if (!written_whole) {
+        *err = reserve(fd, a->size);
+        if (*err != 0) {
+            return MAP_FAILED;
+        }
     }
     if (a->data_len > 0) {
         /* Contents given: write() them.  The kernel copies straight into
-         * the (reserved) page cache: no zero-fill of the fallocated pages,
-         * no page faults and no page tables in this process. */
+         * the page cache: no page faults and no page tables in this
+         * process. */
         const char *bufs[2] = {a->header, a->data};
         Py_ssize_t lens[2] = {a->header_len, a->data_len};
         off_t off = 0;
