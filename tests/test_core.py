@@ -374,7 +374,11 @@ def _make(dt: np.dtype, shape: tuple, order: str, seed: int | None) -> np.ndarra
     x = np.frombuffer(raw, dt, count=n).reshape(shape)
     if dt.names is None and dt.kind == "b":
         x = x.view(np.uint8).astype(bool)            # bools are 0 or 1
-    return x.copy(order=order)
+    # A copy in zeroed memory: numpy copies structured arrays field by field,
+    # so x.copy() would leave padding uninitialised (valgrind sees it written).
+    out = np.ndarray(shape, x.dtype, buffer=bytearray(n * dt.itemsize), order=order)
+    out[...] = x
+    return out
 
 
 def _check_layout(arr: sa.ndarray, name: str) -> None:
