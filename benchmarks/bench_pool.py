@@ -262,6 +262,7 @@ class _Server:
             deadline = time.monotonic() + 10     # the done callbacks release it
             while state.leases and time.monotonic() < deadline:
                 time.sleep(0.001)
+            time.sleep(0.02)                     # ... and then retire it
         out["spares"] = len(state.spares)
         out["copies"] = self.copies
         return out

@@ -78,6 +78,7 @@ _SPARES = 4           # released input copies kept for reuse, at most ...
 _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
 _SCAN_ITEMS = 1024    # longest result list checked for atomics (~20 ns/item)
 
 
@@ -234,6 +235,8 @@ class _LoadedCall:
 
     __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix", "leased")
 
+    leased: list[str] | tuple
+
     def __call__(self) -> Any:
         try:
             value = self.fn(*self.args, **self.kwargs)
@@ -252,6 +255,16 @@ class _LoadedCall:
                     and all(type(v) in _ATOMIC for v in value))):
             return value      # nothing to share: the standard path is fastest
         return _Result(value, self.threshold, self.owner, self.prefix, retained)
+
+
+def _plain_call(fn: Callable[..., Any], args: tuple, kwargs: dict,
+                threshold: int | None, owner: int, prefix: str) -> _LoadedCall:
+    """Worker side of a task that needed no pickling of ours."""
+    call = _LoadedCall()
+    call.fn, call.args, call.kwargs = fn, args, kwargs
+    call.threshold, call.owner, call.prefix = threshold, owner, prefix
+    call.leased = ()
+    return call
 
 
 def _load_call(payload: bytes) -> _LoadedCall:
@@ -648,6 +661,16 @@ class _Call:
 
     def __reduce__(self) -> tuple:
         state = self.state
+        fn, args, kwargs = self.fn, self.args, self.kwargs
+        if (type(fn) in _PLAIN_FUNCTIONS and _by_reference(fn)
+                and all(type(a) in _ATOMIC for a in args)
+                and (not kwargs or all(type(v) in _ATOMIC for v in kwargs.values()))):
+            # Nothing for our pickler to do (the common tiny task): let the
+            # executor's own pickler write it, without a nested stream.
+            with self.lock:
+                self._sent_locked(True)
+            return _plain_call, (fn, args, kwargs, state.threshold, state.pid,
+                                 state.prefix)
         buf = io.BytesIO()
         with self.lock:
             try:
