@@ -254,6 +254,27 @@ def line_panel(title: str, xs: Sequence[int], series: dict[str, Sequence[float |
             "ylabel": ylabel, "xlabel": xlabel}
 
 
+def main(run: Callable[[bool], dict]) -> None:
+    """Run one benchmark module by itself (``--quick`` for the short run):
+    print its tables and targets as markdown, then remove what it left."""
+    out = run("--quick" in sys.argv)
+    for tb in out["tables"]:
+        print(f"\n### {tb['title']}\n")
+        print("| " + " | ".join(tb["columns"]) + " |")
+        print("|" + "---|" * len(tb["columns"]))
+        for r in tb["rows"]:
+            print("| " + " | ".join(str(c) for c in r) + " |")
+        for n in tb["notes"]:
+            print(f"\n{n}")
+    print("\n### targets\n")
+    for tg in out["targets"]:
+        met = {True: "met", False: "NOT met", None: "n/a"}[tg["met"]]
+        print(f"- {tg['target']}: {tg['measured']} -> {met}")
+    left = cleanup()
+    if left:
+        print("left behind (now removed):", left, file=sys.stderr)
+
+
 def peer_version(dist: str) -> str | None:
     try:
         from importlib.metadata import version

@@ -253,10 +253,4 @@ def run(quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    out = run("--quick" in sys.argv)
-    print(json.dumps({k: out[k] for k in ("tables", "targets")}, indent=1,
-                     ensure_ascii=False))
-    left = U.cleanup()
-    if left:
-        print("left behind (now removed):", left, file=sys.stderr)
+    U.main(run)

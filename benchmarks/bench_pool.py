@@ -806,17 +806,4 @@ def _report(res: dict, sizes: list[int], ret_sizes: list[int], n_tiny: int, quic
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    out = run(quick)
-    for tb in out["tables"]:
-        print(f"\n### {tb['title']}\n")
-        print("| " + " | ".join(tb["columns"]) + " |")
-        print("|" + "---|" * len(tb["columns"]))
-        for r in tb["rows"]:
-            print("| " + " | ".join(str(c) for c in r) + " |")
-        for n in tb["notes"]:
-            print(f"\n{n}")
-    print("\n### targets\n")
-    for tg in out["targets"]:
-        print(f"- {tg['target']}: {tg['measured']} -> "
-              f"{'met' if tg['met'] else 'NOT met' if tg['met'] is False else 'n/a'}")
+    _util.main(run)
