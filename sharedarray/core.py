@@ -417,6 +417,24 @@ def _no_space(exc: OSError, name: str, p: _Path, size: int) -> OSError:
                    f"{size:,} bytes but {where}; {hint}", name)
 
 
+def storage_order(src: np.ndarray) -> str:
+    """The order a segment keeps a copy of ``src`` in: "F" only for arrays
+    that are Fortran- and not C-contiguous."""
+    return "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+
+
+def segment_contents(array: Any) -> tuple[np.ndarray, str, memoryview | None]:
+    """``array`` as numpy, its :func:`storage_order`, and its bytes in that
+    order for ``create_segment(data=...)`` (a view when contiguous; None
+    when there are none)."""
+    src = np.asarray(array)
+    order = storage_order(src)
+    data = None
+    if src.size and src.dtype.itemsize and not src.dtype.hasobject:
+        data = memoryview(src.ravel(order=order).view(np.uint8))
+    return src, order, data
+
+
 def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C",
                    mode: int = 0o600, temporary: bool = False,
                    owner: int | None = None, data: Any = None) -> Segment:
@@ -477,8 +495,7 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
     says this process's mapping already has every page (an earlier refill).
     """
     src = np.asarray(array)
-    fortran = bool(src.flags.f_contiguous and not src.flags.c_contiguous)
-    dt, shape = src.dtype, src.shape
+    fortran, dt, shape = storage_order(src) == "F", src.dtype, src.shape
     if seg.readonly or seg.meta is None or dt.hasobject:
         return False
     token = "%016x" % random.getrandbits(64)
@@ -587,14 +604,9 @@ def exists(name: str) -> bool:
 
 def from_array(name: str, array: Any, *, mode: int = 0o600) -> ndarray:
     """Create ``name`` holding a copy of ``array`` (dtype, shape and C/F order kept)."""
-    src = np.asarray(array)
-    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
-    data = None
-    if src.size and src.dtype.itemsize and not src.dtype.hasobject:
-        # The bytes in the segment's order (a view when src is contiguous);
-        # the C core copies them in before publishing the name, so attaching
-        # processes never see the zeros that a copy after create() would show.
-        data = memoryview(src.ravel(order=order).view(np.uint8))
+    # The C core writes the bytes in before publishing the name, so attaching
+    # processes never see the zeros that a copy after create() would show.
+    src, order, data = segment_contents(array)
     return wrap(create_segment(name, src.shape, src.dtype, order=order, mode=mode,
                                data=data))
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from . import _ext
 from .core import (BOOT_ID, Segment, attach_segment, create_segment,
-                   generate_name, ndarray, segment_of, view)
+                   generate_name, ndarray, segment_contents, segment_of,
+                   view)
 
 __all__ = ["StaleHandleError", "ForeignHostError", "by_value", "share",
            "init_reductions", "reduce_ndarray", "rebuild_ndarray"]
@@ -312,31 +313,18 @@ def share_segment(array: np.ndarray, owner: int | None = None,
     The name is registered *before* the segment exists, so a kill at any
     point leaves nothing the tracker does not know about.
     """
-    src = np.asarray(array)
-    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    # The C core write()s the bytes in: one copy, no zero-fill, no faults.
+    # Without bytes (empty arrays) there is nothing to copy.
+    src, order, data = segment_contents(array)
     name = generate_name(owner) if name is None else name
     path = "/" + name
     resource_tracker.register(path, _TRACKER_TYPE)
-    data = None
-    if src.size and src.dtype.itemsize and not src.dtype.hasobject:
-        # The bytes in the segment's order (a view when src is contiguous);
-        # the C core write()s them in: one copy, no zero-fill, no faults.
-        data = memoryview(src.ravel(order=order).view(np.uint8))
     try:
-        seg = create_segment(name, src.shape, src.dtype, order=order,
-                             temporary=True, owner=owner, data=data)
+        return create_segment(name, src.shape, src.dtype, order=order,
+                              temporary=True, owner=owner, data=data)
     except BaseException:
         resource_tracker.unregister(path, _TRACKER_TYPE)
         raise
-    if data is None:
-        try:
-            np.copyto(view(seg, seg.meta.offset, src.shape, None, src.dtype,
-                           order == "F"), src, casting="no")
-        except BaseException:
-            _ext.unlink(name, path, _ext.KIND_SHM)
-            resource_tracker.unregister(path, _TRACKER_TYPE)
-            raise
-    return seg
 
 
 def share(array: Any) -> ndarray:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -142,6 +142,18 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+
+
+def wait_for_file(path: str, result: Any = None, limit: float = 60.0) -> Any:
+    """A task that blocks until ``path`` exists, then returns ``result``
+    (bounded, so a failing test cannot hang).  Workers import it from
+    here by reference under every start method."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return result
 
 
 def private_shm_unavailable() -> str | None:

@@ -14,7 +14,6 @@ permitted (it needs root or user namespaces).
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -25,12 +24,12 @@ import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 
 import sharedarray as sa
 
@@ -98,15 +97,6 @@ def _pool(start_method: str, max_workers: int = 2, **kw: Any) -> sa.ProcessPoolE
 
 def suicide(x: np.ndarray) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def wait_for_file(path: str, x: Any = None, limit: float = 60.0) -> Any:
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
-    return x
 
 
 def big_io(x: np.ndarray, i: int) -> tuple:

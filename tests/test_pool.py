@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 
 import sharedarray as sa
 import sharedarray.pool as sa_pool
@@ -141,16 +141,6 @@ def ident(x: Any) -> Any:
 
 def raise_value_error(msg: str) -> None:
     raise ValueError(msg)
-
-
-def wait_for_file(path: str, result: Any = None, limit: float = 60.0) -> Any:
-    """Block until ``path`` exists (bounded, so a failing test cannot hang)."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
-    return result
 
 
 def getpid(_: Any = None) -> int:

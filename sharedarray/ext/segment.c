@@ -219,11 +219,11 @@ Segment_munlock(Segment *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Segment_populate(Segment *self, PyObject *Py_UNUSED(ignored))
 {
-#ifdef MADV_POPULATE_READ
-    int rc, err = 0;
     if (check_mapped(self) < 0) {
         return NULL;
     }
+#ifdef MADV_POPULATE_READ
+    int rc, err = 0;
     Py_BEGIN_ALLOW_THREADS
     rc = madvise(self->addr, (size_t)self->size, MADV_POPULATE_READ);
     if (rc < 0) {
@@ -236,10 +236,6 @@ Segment_populate(Segment *self, PyObject *Py_UNUSED(ignored))
     if (err != EINVAL) {
         errno = err;
         return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->name);
-    }
-#else
-    if (check_mapped(self) < 0) {
-        return NULL;
     }
 #endif
     Py_RETURN_FALSE;
