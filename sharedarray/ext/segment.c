@@ -676,6 +676,23 @@ read_le(const unsigned char *p, int n)
     return v;
 }
 
+/* Headers are padded to a page with spaces: skip them back from `end` a
+ * word at a time (one aligned-or-not load and compare per 8 bytes). */
+static Py_ssize_t
+skip_spaces(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
+{
+    const uint64_t spaces = 0x2020202020202020ULL;
+    uint64_t word;
+    while (end - start >= 8) {
+        memcpy(&word, p + end - 8, sizeof word);
+        if (word != spaces) {
+            break;
+        }
+        end -= 8;
+    }
+    return end;
+}
+
 /* Check the .npy preamble of a mapping; returns the header text (without
  * its trailing padding) and the data offset, or sets ValueError. */
 static PyObject *
@@ -715,10 +732,7 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
     while (end > start && (p[end - 1] == '\n' || p[end - 1] == '\0')) {
         end--;
     }
-    /* Headers are padded to a page with spaces: skip them a word at a time. */
-    while (end - start >= 8 && memcmp(p + end - 8, "        ", 8) == 0) {
-        end -= 8;
-    }
+    end = skip_spaces(p, start, end);
     while (end > start && (p[end - 1] == ' ' || p[end - 1] == '\n' ||
                            p[end - 1] == '\0')) {
         end--;
@@ -762,20 +776,53 @@ cleanup:
     return addr;
 }
 
-static PyObject *
-ext_attach(PyObject *module, PyObject *args, PyObject *kwds)
+/* attach(name, path, kind, readonly, populate=False): positional only and
+ * parsed by hand, because attach is the hot path of every handle. */
+static int
+attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
+            const char **path, int *kind, int *readonly, int *populate)
 {
-    static char *kwlist[] = {"name", "path", "kind", "readonly", "populate", NULL};
+    long kind_value;
+    if (nargs < 4 || nargs > 5) {
+        PyErr_Format(PyExc_TypeError,
+                     "attach() takes 4 or 5 positional arguments (%zd given)", nargs);
+        return -1;
+    }
+    if (!PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "attach(): name and path must be str");
+        return -1;
+    }
+    *name = args[0];
+    *path = PyUnicode_AsUTF8(args[1]);
+    if (*path == NULL) {
+        return -1;
+    }
+    kind_value = PyLong_AsLong(args[2]);
+    if (kind_value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (kind_value != KIND_SHM && kind_value != KIND_FILE) {
+        PyErr_Format(PyExc_ValueError, "attach(): unknown kind %ld", kind_value);
+        return -1;
+    }
+    *kind = (int)kind_value;
+    *readonly = PyObject_IsTrue(args[3]);
+    *populate = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    return *readonly < 0 || *populate < 0 ? -1 : 0;
+}
+
+static PyObject *
+ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
     PyObject *name;
     const char *path;
-    int kind, readonly, populate = 0, err = 0, version = 0;
+    int kind, readonly, populate, err = 0, version = 0;
     Py_ssize_t size = 0, data_offset = 0;
     void *addr;
     Segment *seg = NULL;
     PyObject *header = NULL, *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Usip|p:attach", kwlist, &name,
-                                     &path, &kind, &readonly, &populate)) {
+    if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate) < 0) {
         return NULL;
     }
     seg = segment_alloc(get_state(module)->segment_type, name, readonly);
@@ -885,8 +932,7 @@ static PyMethodDef ext_methods[] = {
     {"create", (PyCFunction)(void (*)(void))ext_create,
      METH_VARARGS | METH_KEYWORDS,
      "Atomically create, reserve, map and fill the header of a new object."},
-    {"attach", (PyCFunction)(void (*)(void))ext_attach,
-     METH_VARARGS | METH_KEYWORDS,
+    {"attach", (PyCFunction)(void (*)(void))ext_attach, METH_FASTCALL,
      "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
     {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
     {"address", ext_address, METH_O, "Address of an exporter's first element."},
