@@ -386,10 +386,12 @@ def _plain_if_private(result: Any) -> Any:
 
 def view(seg: Segment, offset: int, shape: tuple, strides: tuple | None,
          dtype: np.dtype, fortran: bool = False, writeable: bool = True) -> ndarray:
-    """An :class:`ndarray` over ``seg`` holding a buffer export on it."""
-    # frombuffer keeps a memoryview, hence a counted export, on the segment.
-    flat = np.frombuffer(seg, np.uint8)
-    arr = np.ndarray.__new__(ndarray, shape, dtype, flat, offset, strides,
+    """An :class:`ndarray` over ``seg`` whose base is ``seg`` itself."""
+    # numpy keeps the Segment as the array's base (and, as for any buffer
+    # object, drops its buffer export at once).  That reference is enough: a
+    # Segment unmaps only when it dies.  One numpy call, not frombuffer's two
+    # objects, on the path of every attach and every unpickled handle.
+    arr = np.ndarray.__new__(ndarray, shape, dtype, seg, offset, strides,
                              "F" if fortran else "C")
     if not writeable and arr.flags.writeable:
         arr.flags.writeable = False

@@ -302,6 +302,15 @@ def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
                   f"pickling instead", RuntimeWarning, stacklevel=2)
 
 
+def _held_elsewhere(seg: Segment) -> bool:
+    """Whether anything in this process besides a retiring lease still holds
+    ``seg``: every array on a segment, its views and whatever holds those
+    (memoryviews, results unpickled from workers) keep the Segment itself
+    alive as their base.  Expected: ``lease.seg``, the caller's variable, this
+    function's argument and ``getrefcount``'s own."""
+    return sys.getrefcount(seg) > 4
+
+
 class _Lease:
     """One temporary copy of one plain array, used by pending tasks."""
 
@@ -462,7 +471,7 @@ class _PoolState:
         for lease in leases:
             seg = lease.seg
             lease.array = None        # our own view of it
-            if (lease.dirty or seg.name in _pinned or seg.exports
+            if (lease.dirty or seg.name in _pinned or _held_elsewhere(seg)
                     or seg.size > self.spare_budget):
                 _pinned.discard(seg.name)
                 dead.append(lease.release)

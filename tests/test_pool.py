@@ -655,6 +655,32 @@ def spares_live(monkeypatch: pytest.MonkeyPatch) -> float:
     return 30.0
 
 
+def test_held_elsewhere_sees_every_array_on_a_copy(shm_name: str) -> None:
+    """The reuse check counts references to the Segment, as retire() calls it:
+    nothing but the lease -> reusable; any view, view of a view, memoryview or
+    unpickled handle on it -> not."""
+    from sharedarray.core import attach_segment, wrap
+
+    class Lease:
+        seg: Any = None
+
+    sa.from_array(shm_name, np.arange(64.0))
+    try:
+        lease = Lease()
+        lease.seg = attach_segment(shm_name)
+        seg = lease.seg
+        assert not sa_pool._held_elsewhere(seg)
+        for make in (lambda: wrap(seg), lambda: wrap(seg)[3:9][::2],
+                     lambda: memoryview(wrap(seg)[1:]),
+                     lambda: pickle.loads(pickle.dumps(wrap(seg)))):
+            holder = make()
+            assert sa_pool._held_elsewhere(seg), holder
+            del holder
+            assert not sa_pool._held_elsewhere(seg)
+    finally:
+        sa.delete(shm_name)
+
+
 def _spares(ex: sa.ProcessPoolExecutor) -> list[str]:
     return [spare[0].name for spare in ex._sa_state.spares]
 
