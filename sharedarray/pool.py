@@ -302,13 +302,32 @@ def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
                   f"pickling instead", RuntimeWarning, stacklevel=2)
 
 
+def _refs(obj: Any) -> int:
+    """``sys.getrefcount(obj)`` one call down, like ``_held_elsewhere``."""
+    return sys.getrefcount(obj)
+
+
+def _refs_when_unused() -> int:
+    """What ``sys.getrefcount`` says inside ``_held_elsewhere`` for an object
+    held only by one attribute and the caller's local variable, as ``retire``
+    holds a lease's segment.  Measured, not assumed: it differs between
+    interpreter versions (3.10 also keeps a call's arguments on the caller's
+    stack)."""
+    holder = types.SimpleNamespace(seg=object())
+    seg = holder.seg
+    return _refs(seg)
+
+
+_UNUSED_REFS = _refs_when_unused()
+
+
 def _held_elsewhere(seg: Segment) -> bool:
     """Whether anything in this process besides a retiring lease still holds
     ``seg``: every array on a segment, its views and whatever holds those
     (memoryviews, results unpickled from workers) keep the Segment itself
-    alive as their base.  Expected: ``lease.seg``, the caller's variable, this
-    function's argument and ``getrefcount``'s own."""
-    return sys.getrefcount(seg) > 4
+    alive as their base.  Call it as ``retire`` does: with ``seg`` in a local
+    variable and in ``lease.seg``, and nowhere else."""
+    return sys.getrefcount(seg) > _UNUSED_REFS
 
 
 class _Lease:
