@@ -567,3 +567,19 @@ def test_enospc_in_tiny_dev_shm():
     assert out["listed"] == out["filled"]
     assert out["end"] == []
 
+
+
+@pytest.mark.parametrize("args, error", [
+    ((), TypeError),                                     # too few
+    (("n", "/n", 0, False, False, 1), TypeError),        # too many
+    ((1, "/n", 0, False), TypeError),                    # name not str
+    (("n", b"/n", 0, False), TypeError),                 # path not str
+    (("n", "/n\0x", 0, False), ValueError),              # NUL would cut the path
+    (("n", "/n", 7, False), ValueError),                 # unknown kind
+    (("n", "/n", "0", False), TypeError),                # kind not int
+])
+def test_ext_attach_rejects_bad_arguments(args: tuple, error: type) -> None:
+    """The C attach parses its arguments by hand: each bad one is an error."""
+    from sharedarray import _ext
+    with pytest.raises(error):
+        _ext.attach(*args)

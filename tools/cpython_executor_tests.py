@@ -490,11 +490,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     python = args.python or find_python()
-    if os.sep in python:      # the tests run in a temporary directory
-        python = os.path.abspath(python)
     if not python:
         print("cannot find a Python %s interpreter; use --python" % PYVER, file=sys.stderr)
         return 2
+    if os.sep in python:      # the tests run in a temporary directory
+        python = os.path.abspath(python)
     if ":" not in args.executor:
         print("--executor must be module:Name", file=sys.stderr)
         return 2

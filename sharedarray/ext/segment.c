@@ -782,6 +782,7 @@ static int
 attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
             const char **path, int *kind, int *readonly, int *populate)
 {
+    Py_ssize_t path_len;
     long kind_value;
     if (nargs < 4 || nargs > 5) {
         PyErr_Format(PyExc_TypeError,
@@ -793,8 +794,12 @@ attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
         return -1;
     }
     *name = args[0];
-    *path = PyUnicode_AsUTF8(args[1]);
+    *path = PyUnicode_AsUTF8AndSize(args[1], &path_len);
     if (*path == NULL) {
+        return -1;
+    }
+    if ((size_t)path_len != strlen(*path)) {
+        PyErr_SetString(PyExc_ValueError, "attach(): embedded null character in path");
         return -1;
     }
     kind_value = PyLong_AsLong(args[2]);
