@@ -47,9 +47,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
-import functools
 import io
-import itertools
 import os
 import pickle
 import random
@@ -592,38 +590,6 @@ def _by_reference(obj: Any) -> bool:
     return module is not None and module != "__main__" and "<" not in qualname
 
 
-def _plain_item(obj: Any) -> bool:
-    """An atomic value or a function pickled by reference."""
-    t = type(obj)
-    return t in _ATOMIC or (t in _PLAIN_FUNCTIONS and _by_reference(obj))
-
-
-def _plain_args(args: tuple) -> bool:
-    """Atomic arguments, or ``map``'s one chunk: a tuple of tuples of atomic
-    arguments.  Types are gathered in C (``set(map(type, ...))``): checking
-    a chunk of 100 must cost less than pickling it."""
-    kinds = set(map(type, args))
-    if kinds <= _ATOMIC:
-        return True
-    if len(args) != 1 or kinds != {tuple} or len(args[0]) > _SCAN_ITEMS:
-        return False
-    chunk = args[0]
-    return (set(map(type, chunk)) <= {tuple}
-            and set(map(type, itertools.chain.from_iterable(chunk))) <= _ATOMIC)
-
-
-def _plain_task(fn: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether a task has nothing for our pickler (no array, lambda or
-    closure), so the executor's own pickler can write it as it is.  ``fn``
-    may be a ``functools.partial`` of such: ``map`` wraps every chunk in one."""
-    if type(fn) is functools.partial:
-        if fn.keywords or not all(map(_plain_item, (fn.func, *fn.args))):
-            return False
-    elif not (type(fn) in _PLAIN_FUNCTIONS and _by_reference(fn)):
-        return False
-    return _plain_args(args) and (not kwargs or set(map(type, kwargs.values())) <= _ATOMIC)
-
-
 class _ArgPickler(pickle.Pickler):
     """Pickles a task: the C pickler, with three additions.
 
@@ -724,7 +690,9 @@ class _Call:
     def __reduce__(self) -> tuple:
         state = self.state
         fn, args, kwargs = self.fn, self.args, self.kwargs
-        if _plain_task(fn, args, kwargs):
+        if (type(fn) in _PLAIN_FUNCTIONS and _by_reference(fn)
+                and all(type(a) in _ATOMIC for a in args)
+                and (not kwargs or all(type(v) in _ATOMIC for v in kwargs.values()))):
             # Nothing for our pickler to do (the common tiny task): let the
             # executor's own pickler write it, without a nested stream.
             with self.lock:

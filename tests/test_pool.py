@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import gc
 import json
 import multiprocessing as mp
@@ -654,32 +653,6 @@ def spares_live(monkeypatch: pytest.MonkeyPatch) -> float:
     """Spares live as long as in real use (conftest shortens them)."""
     monkeypatch.setattr(sa_pool, "_SPARE_TTL", 30.0)
     return 30.0
-
-
-def _closure_fn() -> Callable:
-    big = np.ones(4)
-    return lambda x: x + big.sum()
-
-
-@pytest.mark.parametrize("fn, args, plain", [
-    (abs, (1, 2.5, "s", b"b", None, True, 1j), True),
-    (functools.partial(concurrent.futures.process._process_chunk, abs),
-     (tuple((i, "x") for i in range(100)),), True),          # map's chunks
-    (functools.partial(concurrent.futures.process._process_chunk, abs),
-     (tuple((i,) for i in range(5000)),), False),            # too long to scan
-    (functools.partial(concurrent.futures.process._process_chunk, abs),
-     (((np.ones(3),),),), False),                            # an array in a chunk
-    (functools.partial(concurrent.futures.process._process_chunk, lambda x: x),
-     (((1,),),), False),                                     # a lambda in the partial
-    (functools.partial(abs, key=1), (1,), False),            # keywords
-    (abs, (np.float64(1.0),), False),                        # numpy scalars: ours
-    (abs, ([1, 2],), False),                                 # lists: ours
-    (_closure_fn(), (1,), False),
-])
-def test_plain_task_classification(fn: Callable, args: tuple, plain: bool) -> None:
-    """Only tasks with nothing for our pickler skip it (arrays, lambdas and
-    closures always go through it)."""
-    assert sa_pool._plain_task(fn, args, {}) is plain
 
 
 def test_held_elsewhere_sees_every_array_on_a_copy(shm_name: str) -> None:
