@@ -606,6 +606,12 @@ def _r(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _over_memcpy(res: dict, key: str, size: int) -> tuple[float | None, float | None]:
+    """Ours, per call and per whole batch, over one memcpy of the data."""
+    med, memcpy = _med(res, (key, "ours", size)), _med(res, ("memcpy", "ref", size))
+    return _r(med, memcpy), _r(med * CALLS if med else None, memcpy)
+
+
 def _loop_mean(res: dict, size: int) -> float | None:
     """Ours, per call, over three fresh arrays in a row (1st, 2nd, 3rd):
     what a loop that starts cold pays on average over its first batches."""
@@ -661,14 +667,8 @@ def _report(res: dict, sizes: list[int], ret_sizes: list[int], n_tiny: int, quic
           *[_copies(res, ("copies", "ours", s, True)) for s in sizes])
     for key, what in (("b-cold", "1st array"), ("b-second", "2nd array"),
                       ("b", "3rd array")):
-        t.add(f"ours, {what}: whole batch ({CALLS} calls) / one memcpy",
-              *[fmt_ratio(_r(_med(res, (key, "ours", s)) * CALLS
-                             if _med(res, (key, "ours", s)) else None,
-                             _med(res, ("memcpy", "ref", s)))) for s in sizes])
-    for key, what in (("b-cold", "1st array"), ("b", "3rd array")):
-        t.add(f"ours, {what}: per call / one memcpy",
-              *[fmt_ratio(_r(_med(res, (key, "ours", s)), _med(res, ("memcpy", "ref", s))))
-                for s in sizes])
+        t.add(f"ours, {what}: per call / one memcpy (whole batch of {CALLS} calls)",
+              *["{} ({})".format(*map(fmt_ratio, _over_memcpy(res, key, s))) for s in sizes])
     for row in ("stdlib", "joblib", "joblibctx", "loky"):
         t.add(f"ratio {row} / ours (1st array; mean of 1st–3rd; 3rd array)",
               *[f"{fmt_ratio(_r(_med(res, ('b', row, s)), _med(res, ('b-cold', 'ours', s))))}; "
@@ -757,15 +757,12 @@ def _report(res: dict, sizes: list[int], ret_sizes: list[int], n_tiny: int, quic
     r = _r(_med(res, ("b", "stdlib", big)), _med(res, ("a", "ours", big)))
     targets.append(target(f"(a) ≥ 1000× stdlib (by value) at {where}",
                           fmt_ratio(r), None if r is None else r >= 1000))
-    ours_b = _med(res, ("b", "ours", big))
     ours_cold = _med(res, ("b-cold", "ours", big))
     ours_loop = _loop_mean(res, big)
-    memcpy = _med(res, ("memcpy", "ref", big))
     # Per call, as everywhere here: the batch's wall time / its calls.
-    for med, what in ((ours_cold, "the 1st array of its size (a new segment)"),
-                      (ours_b, "a loop of fresh arrays, from the 3rd on")):
-        r = _r(med, memcpy)
-        r_batch = _r(med * CALLS if med else None, memcpy)
+    for key, what in (("b-cold", "the 1st array of its size (a new segment)"),
+                      ("b", "a loop of fresh arrays, from the 3rd on")):
+        r, r_batch = _over_memcpy(res, key, big)
         targets.append(target(
             f"(b) ≤ 3× one memcpy of the data per call at {where}, {what}",
             f"{fmt_ratio(r)} (whole batch of {CALLS} calls: {fmt_ratio(r_batch)})",

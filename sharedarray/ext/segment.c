@@ -7,8 +7,9 @@
  * names, dtypes, headers and ownership policy lives in Python.
  *
  * Lifetime: a Segment unmaps its memory only in its deallocator.  Every numpy
- * array built on it holds a buffer export (bf_getbuffer) and therefore a
- * reference, so no array can outlive the mapping it points into.
+ * array built on it keeps the Segment as its base (a reference; numpy drops
+ * the buffer export at once), so no array can outlive the mapping it points
+ * into.  `exports` counts only exports still held, such as memoryviews.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
