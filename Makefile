@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-SOURCES = pyproject.toml setup.py sharedarray/ext/segment.c
+SOURCES = pyproject.toml setup.py $(wildcard sharedarray/ext/*.c sharedarray/ext/*.h)
 
 .PHONY: demo test bench clean
 

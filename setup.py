@@ -7,7 +7,7 @@ setup(
     ext_modules=[
         Extension(
             "sharedarray._ext",
-            sources=["sharedarray/ext/segment.c"],
+            sources=["sharedarray/ext/segment.c", "sharedarray/ext/watch.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-std=c11",
                                 "-D_GNU_SOURCE"],

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import fcntl
 import operator
 import os
 import random
@@ -158,11 +159,51 @@ def _parse_name(name: Any) -> _Path:
     return parsed
 
 
-def generate_name(pid: int | None = None) -> str:
-    """A fresh name for a temporary: prefix, owner pid, random token."""
+_REFILLABLE_SUFFIX = "-r"         # temporaries that may be rewritten in place
+
+
+def generate_name(pid: int | None = None, refillable: bool = False) -> str:
+    """A fresh name for a temporary: prefix, owner pid, random token.
+
+    ``refillable`` names mark the executor's input copies, the only
+    segments ever rewritten in place (see :func:`lock_exclusive`): every
+    process that maps one holds a shared lock on it.
+    """
     name = f"{_GENERATED_PREFIX}{os.getpid() if pid is None else pid}-{random.getrandbits(48):012x}"
+    if refillable:
+        name += _REFILLABLE_SUFFIX
     assert len(name) <= _MAX_GENERATED_NAME
     return name
+
+
+def _refillable(p: _Path) -> bool:
+    return (p.kind == _ext.KIND_SHM and p.canon.startswith(_GENERATED_PREFIX)
+            and p.canon.endswith(_REFILLABLE_SUFFIX))
+
+
+def lock_exclusive(name: str) -> int | None:
+    """An fd holding an exclusive flock on the refillable temporary ``name``,
+    or None when some process maps it (or it is gone).
+
+    Every mapping of a refillable name holds a shared flock from before it
+    reads the header until it is unmapped (``_ext.attach(..., lock=True)``),
+    so while the returned fd is open, no process maps the object and none
+    can start to: the kernel, not a count, says the contents are unused.
+    Close the fd to release it.
+    """
+    p = _parse_name(name)
+    if not _refillable(p):
+        raise ValueError(f"{name!r} is not a refillable temporary")
+    try:
+        fd = os.open(p.fspath, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 # ---------------------------------------------------------------- headers
@@ -522,7 +563,8 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
 def attach_segment(name: str, ro: bool = False) -> Segment:
     """Map an existing segment and validate its header (behind :func:`attach`)."""
     p = _parse_name(name)
-    seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro)
+    seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
+                                             _refillable(p))
     meta = parse_header(text, offset, name, version)
     if offset + meta.nbytes > seg.size:
         raise ValueError(f"{name!r} is truncated or corrupt: its header describes "

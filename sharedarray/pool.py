@@ -1,122 +1,247 @@
 """A ProcessPoolExecutor that moves numpy arrays through shared memory.
 
-Data flow and ownership::
+Data flow::
 
-    parent                                   worker
-    ------                                   ------
-    submit(fn, *args)  -> _Call
-      feeder thread pickles _Call:
-        cloudpickle(fn, args, kwargs) with
-          sharedarray.ndarray   -> handle (same memory, writable)
-          plain array >= threshold
-              -> copy into temp segment T    unpickle: attach T read-only
-                 (parent owns T; one copy
-                 per array object, leased
-                 by every task that uses it)
-                                             run fn
-                                             pickle the result with
-                                               plain array >= threshold
-                                                 -> new segment R, named
-                                                    sa-<parent pid>-<pool><rand>,
-                                                    registered with the tracker
-      result thread unpickles: attach R, the parent now owns R
-    future done -> leases released; when no pending task needs T, T becomes a
-    spare, refilled in place by the next array of its size (a memcpy instead
-    of a new segment), or is unlinked
+    parent                                     worker
+    ------                                     ------
+    submit(fn, *args) -> _Call, a _Future
+      feeder thread pickles the _Call:
+        sharedarray.ndarray -> handle           attach (same memory, writable)
+        plain array >= threshold
+          -> a copy C in a refillable segment   attach C read-only, holding a
+             (_Leases: one per array object      shared flock on it while mapped
+             and content; _Spares: refills)
+        function: by reference where plain
+          pickle works, else cloudpickle        run fn; drop the inputs
+                                                pickle the result (_Result):
+                                                  plain array >= threshold, or an
+                                                  array this worker owns
+                                                  -> new segment R owned by the
+                                                     parent (tracker-registered)
+      result thread unpickles; the parent owns R
+    _Future settles (a result that cannot be unpickled fails only its task)
 
-Who unlinks what:
+Rules, each enforced in one place:
 
-* T (inputs): the parent.  When no pending task needs it, T is kept as a
-  spare for ``_SPARE_TTL`` seconds (at most ``_SPARES`` of them, in at most a
-  ``1/_SPARE_SHARE`` of /dev/shm), then unlinked; at once when the room is
-  needed for a new copy, at ``shutdown()``, or when T cannot be reused: a
-  task using it failed, or a worker still maps it after its task (it kept
-  the array, or returned a view of it; the worker says so with its result).
-* R (results): the parent, when the last array on R dies (like ``share()``).
-  Results that never reached the parent (a worker killed mid-task, a broken
-  pool) are found by their pool prefix and unlinked at ``shutdown()``.
-* Anything left when the parent itself is killed: the standard library's
-  resource tracker, which every worker shares with the parent.  Workers watch
-  the parent and exit when it dies, so the tracker sees everyone go.
+* Snapshot (``_Leases.lease``): a task sees each argument as of some moment
+  at or after its ``submit()``.  A copy made for an earlier task is used again
+  only by the tasks of the same ``map()`` call, or when its bytes compare
+  equal to the array's bytes now.
+* Reuse (``_Spares.refill``): a released copy is rewritten for another array
+  only while this process holds an exclusive flock on it, which the kernel
+  grants only when no process maps it (every mapping of a copy holds a shared
+  flock, taken before its header is read); nothing in this process refers to
+  it, because the parent never maps copies where user code can reach them.
+  The new header (new token) is written before any data byte, so every older
+  handle is stale.
+* Results (``_ResultPickler``): arrays a worker owns (its ``share()``) never
+  travel as a handle to a name that dies with the worker's array: they are
+  copied into a segment the parent owns.  Other shared arrays travel as
+  handles.
+* Cleanup: copies are unlinked when no task needs them (or kept as spares for
+  a few seconds), results when the parent drops them; everything at
+  ``shutdown()``; the resource tracker (shared by parent and workers) when the
+  parent is killed, and workers end themselves then (a native watchdog
+  thread, ``_ext.watch_parent``).
 
-Arrays made with ``create()`` are never unlinked by the pool.
+Lock order: ``_Call.lock`` -> ``_Leases.lock`` -> ``_Spares.lock``; the
+function cache's lock is taken alone.  No lock is held while a worker is
+started (the standard executor forks from ``submit``), and none across a
+long copy except ``_Call.lock``, which only the feeder thread and the task's
+done callback take.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import errno
+import functools
 import io
 import os
 import pickle
 import random
-import select
 import sys
 import threading
 import time
 import types
 import warnings
 import weakref
+from collections import OrderedDict
 from concurrent.futures import Future
-from multiprocessing import resource_tracker
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 import numpy as np
 
 from . import _ext
-from .core import SHM_DIR, Segment, ndarray, refill_segment, view
-from .reduction import (_cache, _remember, attach_owned, own, rebuild_ndarray,
-                        reduce_ndarray, share_segment)
+from .core import (SHM_DIR, Segment, lock_exclusive, ndarray, refill_segment,
+                   segment_of, view, wrap)
+from .reduction import (_cache, attach_owned, discard, handle_of, owned_here,
+                        own, rebuild_ndarray, share_segment)
 
 __all__ = ["ProcessPoolExecutor"]
 
-_POLL_PARENT = 0.5    # seconds between checks where pidfd is unavailable
 _SPARES = 4           # released input copies kept for reuse, at most ...
 _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
+_FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
-_PLAIN_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
 _SCAN_ITEMS = 1024    # longest result list checked for atomics (~20 ns/item)
+
+
+# ---------------------------------------------------------------- warnings
+
+_warned_pid = 0
+
+
+def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
+    """Say once per process that shared memory was too small."""
+    global _warned_pid
+    if _warned_pid == os.getpid():
+        return
+    _warned_pid = os.getpid()
+    warnings.warn(f"sharedarray: shared memory is too small for a "
+                  f"{arr.nbytes:,}-byte array ({exc.strerror}); sending it and "
+                  f"any later such array by pickling instead",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _is_big(obj: Any, threshold: int | None) -> bool:
+    # Empty arrays always go by value: reduce_ndarray pickles them as plain
+    # arrays, which would come back here (endless recursion at threshold 0).
+    return (threshold is not None and obj.nbytes >= threshold and obj.size > 0
+            and not obj.dtype.hasobject)
+
+
+# ---------------------------------------------------------------- functions
+
+_BY_REFERENCE, _FROM_MAIN, _BY_VALUE = 0, 1, 2
+
+
+def _how_to_send(obj: Any) -> int:
+    """How a function or class travels: by reference when plain pickle finds
+    it by name (as the standard executor sends it), from ``__main__`` when it
+    lives there (by reference, with a by-value copy for workers whose
+    ``__main__`` lacks it), by value otherwise (lambdas, closures)."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return _BY_VALUE
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not obj:
+        return _BY_VALUE
+    return _FROM_MAIN if module == "__main__" else _BY_REFERENCE
+
+
+class _FunctionCache:
+    """Pickled blobs of functions and classes sent by value, per object,
+    least recently used first out.  The entry holds the object, so its id is
+    not reused while cached."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.blobs: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+
+    def get(self, obj: Any) -> bytes | None:
+        with self.lock:
+            hit = self.blobs.get(id(obj))
+            if hit is None or hit[0] is not obj:
+                return None
+            self.blobs.move_to_end(id(obj))
+            return hit[1]
+
+    def put(self, obj: Any, blob: bytes) -> None:
+        with self.lock:
+            self.blobs[id(obj)] = (obj, blob)
+            while len(self.blobs) > self.size:
+                self.blobs.popitem(last=False)
+
+
+_loaded: OrderedDict[bytes, Any] = OrderedDict()   # worker: blob -> object
+
+
+def _load_by_value(blob: bytes, cacheable: bool) -> Any:
+    """Worker side of a function or class sent by value (cached per blob, so
+    a class keeps its identity across tasks)."""
+    if not cacheable:
+        return pickle.loads(blob)
+    obj = _loaded.get(blob)
+    if obj is None:
+        obj = _loaded[blob] = pickle.loads(blob)
+        while len(_loaded) > _FUNCTIONS:
+            _loaded.popitem(last=False)
+    return obj
+
+
+def _from_main(qualname: str, blob: bytes) -> Any:
+    """Worker side of a ``__main__`` function or class: the worker's own
+    ``__main__`` one if it has it (so globals that an initializer set are
+    seen, as with the standard executor), else the copy sent by value."""
+    found: Any = sys.modules.get("__main__")
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if callable(found):
+        return found
+    return _load_by_value(blob, True)
 
 
 # ---------------------------------------------------------------- workers
 
-def _watch_parent(pid: int) -> None:
-    """Exit this worker when process ``pid`` dies, however it dies."""
-    try:
-        fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
-    except (AttributeError, OSError) as exc:
-        if isinstance(exc, ProcessLookupError):
-            os._exit(1)
-        fd = None
+class _WorkerConfig(NamedTuple):
+    """Per-executor constants, sent once to each worker by its initializer."""
 
-    def watch() -> None:
-        if fd is not None:
-            select.select([fd], [], [])
-        else:
-            while True:
-                time.sleep(_POLL_PARENT)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="sharedarray-parent-watch",
-                     daemon=True).start()
+    threshold: int | None
+    owner: int             # the parent's pid: results are its temporaries
+    prefix: str            # result names: prefix + random
 
 
-def _worker_init(parent: int, initializer: Callable[..., Any] | None,
-                 initargs: tuple) -> None:
+_config = _WorkerConfig(None, 0, "")
+
+
+def _worker_init(config: _WorkerConfig, parent_start: int,
+                 initializer: Callable[..., Any] | None, initargs: tuple) -> None:
     """Our worker set-up, chained in front of the user's initializer."""
-    _watch_parent(parent)
+    global _config
+    # A native thread: it ends this worker when the parent dies, even while
+    # the worker's main thread holds the GIL in a long C call.
+    _ext.watch_parent(config.owner, parent_start)
+    _config = config
     if initializer is not None:
         initializer(*initargs)
+
+
+class _Task:
+    """A task as the worker runs it."""
+
+    __slots__ = ("fn", "args", "kwargs")
+
+    def __call__(self) -> Any:
+        fn, args, kwargs = self.fn, self.args, self.kwargs
+        # The inputs die with this call: a mapping of a copy, and with it the
+        # shared lock that keeps the parent from refilling it, ends as soon
+        # as the task no longer needs it.
+        self.fn = self.args = self.kwargs = None
+        value = fn(*args, **kwargs)
+        del fn, args, kwargs
+        t = type(value)
+        if t in _ATOMIC or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
+                            and all(type(v) in _ATOMIC for v in value)):
+            return value      # no array inside: the standard path is fastest
+        return _Result(value)
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> _Task:
+    task = _Task()
+    task.fn, task.args, task.kwargs = fn, args, kwargs
+    return task
+
+
+def _run_pickled(payload: bytes) -> _Task:
+    return _run(*pickle.loads(payload))
 
 
 _forking_table: Any = None
@@ -130,329 +255,152 @@ def _dispatch_table() -> Any:
     return _forking_table
 
 
-def _is_big(obj: Any, threshold: int | None) -> bool:
-    # Empty arrays always go by value: reduce_ndarray pickles them as plain
-    # arrays, which would come back here (endless recursion at threshold 0).
-    return (type(obj) is np.ndarray and threshold is not None
-            and obj.nbytes >= threshold and obj.size > 0
-            and not obj.dtype.hasobject)
-
-
 class _ResultPickler(pickle.Pickler):
-    """Pickles a worker's result, moving large plain arrays into segments."""
+    """Pickles a worker's result: large plain arrays, and shared arrays this
+    worker owns, move into segments that the parent will own."""
 
-    def __init__(self, file: io.BytesIO, threshold: int | None, owner: int,
-                 prefix: str) -> None:
+    def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.dispatch_table = _dispatch_table()
-        self.threshold = threshold
-        self.owner = owner
-        self.prefix = prefix
-        self.created: list = []
+        self.created: list[Segment] = []
+        self.full = False             # no room in shared memory: data by value
 
     def reducer_override(self, obj: Any) -> Any:
-        if not _is_big(obj, self.threshold):
-            return NotImplemented
-        name = f"{self.prefix}{random.getrandbits(32):08x}"
+        t = type(obj)
+        if t is ndarray:
+            seg = segment_of(obj)
+            if seg is None or not owned_here(seg):
+                return NotImplemented     # a handle: the memory outlives us
+            # Ours: the name goes when our last array on it goes, maybe
+            # before the parent attaches.  Send a copy the parent owns.
+            if _is_big(obj, _config.threshold) and not self.full:
+                return self.move(obj)
+            return np.asarray, (obj.view(np.ndarray),)
+        if t is np.ndarray and _is_big(obj, _config.threshold) and not self.full:
+            return self.move(obj)
+        return NotImplemented
+
+    def move(self, obj: np.ndarray) -> Any:
+        name = f"{_config.prefix}{random.getrandbits(28):07x}"
         try:
-            seg = share_segment(obj, owner=self.owner, name=name)
+            seg = share_segment(obj, owner=_config.owner, name=name)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             _warn_fallback(obj, exc)
-            return NotImplemented
+            self.full = True
+            return np.asarray, (obj.view(np.ndarray),)
         self.created.append(seg)
-        m = seg.meta
-        # Explicit strides: the copy may be in Fortran order (attach_owned
-        # would lay a C-order view over it).
-        strides = view(seg, m.offset, m.shape, None, m.dtype, m.fortran).strides
-        return attach_owned, (seg.name, m.token, m.boot, m.offset, m.shape,
-                              strides, None, True)
+        return attach_owned, handle_of(wrap(seg), remember=False)
 
 
 class _Result:
-    """A worker's return value on its way back to the parent, with the names
-    of input copies this worker still maps (they must not be reused)."""
+    """A worker's return value on its way back to the parent."""
 
-    __slots__ = ("value", "threshold", "owner", "prefix", "retained")
+    __slots__ = ("value",)
 
-    def __init__(self, value: Any, threshold: int | None, owner: int,
-                 prefix: str, retained: tuple = ()) -> None:
+    def __init__(self, value: Any) -> None:
         self.value = value
-        self.threshold = threshold
-        self.owner = owner
-        self.prefix = prefix
-        self.retained = retained
 
     def __reduce__(self) -> tuple:
         buf = io.BytesIO()
-        p = _ResultPickler(buf, self.threshold, self.owner, self.prefix)
+        p = _ResultPickler(buf)
         try:
             p.dump(self.value)
         except BaseException:
             for seg in p.created:
-                _discard(seg.name)
+                discard(seg.name)
             raise
-        return _load_result, (buf.getvalue(), self.retained)
+        return _load_result, (buf.getvalue(),)
 
 
-# Parent: names of input copies that a worker kept mapped after its task (a
-# global, a returned view): never reused, unlinked as usual when released.
-_pinned: set[str] = set()
+class _Lost:
+    """A result that reached the parent but could not be unpickled there."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
-def _load_result(payload: bytes, retained: tuple = ()) -> Any:
-    """Unpickle a result in the parent (result thread)."""
-    if retained:
-        _pinned.update(retained)
-    return pickle.loads(payload)
-
-
-# Worker: the input copies attached while one task is unpickled.
-_loading: list[str] | None = None
-
-
-def _rebuild_lease(*handle: Any) -> ndarray:
-    """Worker side of a leased input copy: a handle, noted for the task."""
-    arr = rebuild_ndarray(*handle)
-    if _loading is not None:
-        _loading.append(handle[0])
-    return arr
-
-
-def _still_mapped(names: list[str]) -> tuple:
-    """Which of ``names`` this process still maps."""
-    out = []
-    for name in names:
-        ref = _cache.get(name)
-        if ref is not None and ref() is not None:
-            out.append(name)
-    return tuple(out)
-
-
-class _LoadedCall:
-    """A task as the worker sees it: call it to run it."""
-
-    __slots__ = ("fn", "args", "kwargs", "threshold", "owner", "prefix", "leased")
-
-    leased: list[str] | tuple
-
-    def __call__(self) -> Any:
-        try:
-            value = self.fn(*self.args, **self.kwargs)
-        finally:
-            if self.leased:
-                # Drop the inputs now: the parent reuses a copy only if no
-                # worker maps it once its tasks are done.
-                self.fn = self.args = self.kwargs = None
-        retained = _still_mapped(self.leased) if self.leased else ()
-        t = type(value)
-        if not retained and (
-                t in _ATOMIC or self.threshold is None
-                # map()'s chunks come back as lists: skip our pickler when
-                # they hold only atomic values (no array can be inside)
-                or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
-                    and all(type(v) in _ATOMIC for v in value))):
-            return value      # nothing to share: the standard path is fastest
-        return _Result(value, self.threshold, self.owner, self.prefix, retained)
-
-
-def _plain_call(fn: Callable[..., Any], args: tuple, kwargs: dict,
-                threshold: int | None, owner: int, prefix: str) -> _LoadedCall:
-    """Worker side of a task that needed no pickling of ours."""
-    call = _LoadedCall()
-    call.fn, call.args, call.kwargs = fn, args, kwargs
-    call.threshold, call.owner, call.prefix = threshold, owner, prefix
-    call.leased = ()
-    return call
-
-
-def _load_call(payload: bytes) -> _LoadedCall:
-    global _loading
-    call = _LoadedCall()
-    call.leased = _loading = []
+def _load_result(payload: bytes) -> Any:
+    """Parent (result thread): unpickle a result.  A failure here must fail
+    this task only; raised, it would break the whole pool."""
     try:
-        (call.fn, call.args, call.kwargs, call.threshold, call.owner,
-         call.prefix) = pickle.loads(payload)
-    finally:
-        _loading = None
-    return call
+        return pickle.loads(payload)
+    except BaseException as exc:
+        return _Lost(exc)
 
 
-# ---------------------------------------------------------------- parent
+# ---------------------------------------------------------------- parent: copies
 
-def _discard(name: str) -> None:
-    """Unlink a temporary and drop it from the tracker."""
-    try:
-        _ext.unlink(name, "/" + name, _ext.KIND_SHM)
-    except OSError:
-        pass
-    try:
-        resource_tracker.unregister("/" + name, "shared_memory")
-    except Exception:
-        pass
+class _Spare(NamedTuple):
+    """A released input copy, kept to be refilled."""
+
+    seg: Segment
+    release: weakref.finalize    # unlinks it
+    expires: float
 
 
-_warned = threading.local()
+class _Spares:
+    """Released input copies kept a few seconds to take the next array of
+    their size: refilling one costs a memcpy, a new segment several."""
 
-
-def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
-    warnings.warn(f"sharedarray: shared memory is too small for a "
-                  f"{arr.nbytes:,}-byte array ({exc.strerror}); sending it by "
-                  f"pickling instead", RuntimeWarning, stacklevel=2)
-
-
-def _refs(obj: Any) -> int:
-    """``sys.getrefcount(obj)`` one call down, like ``_held_elsewhere``."""
-    return sys.getrefcount(obj)
-
-
-def _refs_when_unused() -> int:
-    """What ``sys.getrefcount`` says inside ``_held_elsewhere`` for an object
-    held only by one attribute and the caller's local variable, as ``retire``
-    holds a lease's segment.  Measured, not assumed: it differs between
-    interpreter versions (3.10 also keeps a call's arguments on the caller's
-    stack)."""
-    holder = types.SimpleNamespace(seg=object())
-    seg = holder.seg
-    return _refs(seg)
-
-
-_UNUSED_REFS = _refs_when_unused()
-
-
-def _held_elsewhere(seg: Segment) -> bool:
-    """Whether anything in this process besides a retiring lease still holds
-    ``seg``: every array on a segment, its views and whatever holds those
-    (memoryviews, results unpickled from workers) keep the Segment itself
-    alive as their base.  Call it as ``retire`` does: with ``seg`` in a local
-    variable and in ``lease.seg``, and nowhere else."""
-    return sys.getrefcount(seg) > _UNUSED_REFS
-
-
-class _Lease:
-    """One temporary copy of one plain array, used by pending tasks."""
-
-    __slots__ = ("source", "seg", "array", "release", "count", "dirty", "mapped")
-
-    def __init__(self, source: np.ndarray, seg: Segment,
-                 release: weakref.finalize, mapped: bool = False) -> None:
-        m = seg.meta
-        self.source = source      # keeps id(source) unique while leased
-        self.seg = seg
-        self.array = view(seg, m.offset, m.shape, None, m.dtype, m.fortran,
-                          writeable=False)
-        self.release = release    # unlinks the copy
-        self.count = 1
-        self.dirty = False        # a task using it failed: never reuse it
-        self.mapped = mapped      # our mapping has every page (refilled before)
-
-
-class _PoolState:
-    """What the parent knows about its temporaries; shared with _Call."""
-
-    def __init__(self, threshold: int | None) -> None:
-        self.threshold = threshold
-        self.pid = os.getpid()
-        self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}"
+    def __init__(self, count: int, budget: int, ttl: float) -> None:
+        self.count = count
+        self.budget = budget
+        self.ttl = ttl
         self.lock = threading.Lock()
-        self.leases: dict[int, _Lease] = {}
-        self.parked: list[_Lease] = []   # unused, kept until the next task is pickled
-        self.pending = 0                 # tasks submitted and not done
-        self.unsent = 0                  # ... of which not pickled yet
-        self.closed = False              # shut down or collected: clean up when idle
-        self.by_value: collections.OrderedDict[int, tuple[Any, bytes]] = \
-            collections.OrderedDict()
-        self.fallback_warned = False
-        # Released copies (segment, its finalizer, when it expires, whether
-        # our mapping has every page), oldest first, kept for a while to take
-        # the next array of the same size: refilling one costs a memcpy, a
-        # new segment several.
-        self.spares: list[tuple[Segment, weakref.finalize, float, bool]] = []
+        self.spares: list[_Spare] = []
         self.janitor: threading.Timer | None = None
-        try:
-            st = os.statvfs(SHM_DIR)
-            self.spare_budget = st.f_blocks * st.f_frsize // _SPARE_SHARE
-        except OSError:
-            self.spare_budget = 0
 
-    def pickle_by_value(self, obj: Any, call: "_Call") -> tuple[bytes, bool]:
-        """cloudpickle ``obj``; reuse the blob while ``obj`` lives and holds
-        no shared memory.  Returns (blob, cacheable)."""
+    def put(self, seg: Segment, release: weakref.finalize) -> None:
+        """Keep a copy no task needs (within the limits) or unlink it."""
+        if seg.size > self.budget:
+            release()
+            return
+        dead = []
         with self.lock:
-            hit = self.by_value.get(id(obj))
-            if hit is not None and hit[0] is obj:
-                self.by_value.move_to_end(id(obj))
-                return hit[1], True
-        buf = io.BytesIO()
-        p = _CloudArgPickler(buf, self, call)
-        p.dump(obj)
-        data = buf.getvalue()
-        if p.shares_memory or getattr(obj, "__closure__", None) is not None:
-            return data, False   # closures: captured state may change between tasks
-        with self.lock:
-            self.by_value[id(obj)] = (obj, data)   # the strong ref pins id(obj)
-            if len(self.by_value) > _BY_VALUE_CACHE_SIZE:
-                self.by_value.popitem(last=False)
-        return data, True
-
-    def lease(self, arr: np.ndarray) -> _Lease | None:
-        """The shared copy of ``arr``, made on first use; None to pickle it."""
-        with self.lock:
-            lease = self.leases.get(id(arr))
-            if lease is not None and lease.source is arr:
-                lease.count += 1
-                return lease
-        spare = self.refill(arr)
-        if spare is not None:
-            seg, fin = spare
-        else:
-            seg = self.new_copy(arr)
-            if seg is None:
-                return None
-            fin = own(seg, registered=True)
-            _remember(seg)
-        lease = _Lease(arr, seg, fin, mapped=spare is not None)
-        with self.lock:
-            self.leases[id(arr)] = lease
-        return lease
-
-    def refill(self, arr: np.ndarray) -> tuple[Segment, weakref.finalize] | None:
-        """A spare copy of the same size, now holding ``arr``; or None."""
-        with self.lock:
-            for i, (seg, fin, _, mapped) in enumerate(self.spares):
-                if seg.size - seg.meta.offset == arr.nbytes:
-                    del self.spares[i]
-                    break
-            else:
-                return None
-        try:
-            if refill_segment(seg, arr, populate=not mapped):
-                return seg, fin
-        except BaseException:
+            self.spares.append(_Spare(seg, release, time.monotonic() + self.ttl))
+            used = sum(s.seg.size for s in self.spares)
+            while len(self.spares) > self.count or used > self.budget:
+                old = self.spares.pop(0)
+                used -= old.seg.size
+                dead.append(old.release)
+            self._arm(self.ttl)
+        for fin in dead:
             fin()
-            raise
-        fin()                 # same size, other header length: rare
-        return None
 
-    def new_copy(self, arr: np.ndarray) -> Segment | None:
-        """A new segment holding ``arr``; None (and a warning) when full."""
-        for attempt in (0, 1):
+    def refill(self, arr: np.ndarray) -> _Spare | None:
+        """A spare of ``arr``'s size, now holding a copy of ``arr``; or None.
+
+        A spare that some process still maps (its lock is refused) is
+        unlinked: that process keeps its memory, and nobody else gets it."""
+        while True:
+            with self.lock:
+                for i, spare in enumerate(self.spares):
+                    if spare.seg.size - spare.seg.meta.offset == arr.nbytes:
+                        del self.spares[i]
+                        break
+                else:
+                    return None
+            fd = lock_exclusive(spare.seg.name)
+            if fd is None:
+                spare.release()
+                continue
             try:
-                return share_segment(arr)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if attempt == 0 and self.drop_spares():
-                    continue          # the spares were in the way
-                if not self.fallback_warned:
-                    self.fallback_warned = True
-                    _warn_fallback(arr, exc)
-                return None
-        return None
+                ok = refill_segment(spare.seg, arr)
+            except BaseException:
+                spare.release()
+                raise
+            finally:
+                os.close(fd)
+            if ok:
+                return spare
+            spare.release()          # same size, another header length: rare
 
-    def drop_spares(self) -> bool:
-        """Unlink every spare copy; whether there was one."""
+    def clear(self) -> bool:
+        """Unlink every spare; whether there was one."""
         with self.lock:
             spares, self.spares = self.spares, []
             janitor, self.janitor = self.janitor, None
@@ -460,92 +408,175 @@ class _PoolState:
             janitor.cancel()
             if janitor is not threading.current_thread():
                 janitor.join()        # gone when shutdown() returns
-        for _seg, fin, _, _ in spares:
-            fin()
+        for spare in spares:
+            spare.release()
         return bool(spares)
 
-    def expire(self) -> None:
-        """Janitor: unlink spares unused for ``_SPARE_TTL`` seconds."""
+    def names(self) -> list[str]:
+        with self.lock:
+            return [s.seg.name for s in self.spares]
+
+    def _expire(self) -> None:
         with self.lock:
             self.janitor = None
             now = time.monotonic()
-            dead = [fin for _, fin, end, _ in self.spares if end <= now]
-            self.spares = [s for s in self.spares if s[2] > now]
+            dead = [s.release for s in self.spares if s.expires <= now]
+            self.spares = [s for s in self.spares if s.expires > now]
             if self.spares:
-                self.arm_locked(min(s[2] for s in self.spares) - now)
+                self._arm(min(s.expires for s in self.spares) - now)
         for fin in dead:
             fin()
 
-    def arm_locked(self, delay: float) -> None:
+    def _arm(self, delay: float) -> None:
+        # A thread only while spares wait, started after the workers exist.
         if self.janitor is None:
-            self.janitor = threading.Timer(max(delay, 0.0), self.expire)
+            self.janitor = threading.Timer(max(delay, 0.0), self._expire)
             self.janitor.daemon = True
             self.janitor.name = "sharedarray-spares"
             self.janitor.start()
 
-    def retire(self, leases: list[_Lease]) -> None:
-        """Copies no task needs any more: keep as spares the ones nobody
-        maps (within the budget) and unlink the rest."""
-        dead = []
-        for lease in leases:
-            seg = lease.seg
-            lease.array = None        # our own view of it
-            if (lease.dirty or seg.name in _pinned or _held_elsewhere(seg)
-                    or seg.size > self.spare_budget):
-                _pinned.discard(seg.name)
-                dead.append(lease.release)
-                continue
-            with self.lock:
-                if self.closed:
-                    dead.append(lease.release)
-                    continue
-                self.spares.append((seg, lease.release,
-                                    time.monotonic() + _SPARE_TTL, lease.mapped))
-                used = sum(s[0].size for s in self.spares)
-                while self.spares and (len(self.spares) > _SPARES
-                                       or used > self.spare_budget):
-                    old, fin, _, _ = self.spares.pop(0)
-                    used -= old.size
-                    dead.append(fin)
-                self.arm_locked(_SPARE_TTL)
-        for fin in dead:
-            fin()
+
+class _Lease:
+    """One shared copy of one plain array's contents, used by pending tasks."""
+
+    __slots__ = ("source", "seg", "array", "release", "count", "batch")
+
+    def __init__(self, source: np.ndarray, seg: Segment, release: weakref.finalize,
+                 batch: _Batch | None) -> None:
+        m = seg.meta
+        self.source = source      # keeps id(source) unique while leased
+        self.seg = seg            # our own mapping: never in the attach cache
+        self.array = view(seg, m.offset, m.shape, None, m.dtype, m.fortran,
+                          writeable=False)
+        self.release = release    # unlinks the copy
+        self.count = 1
+        self.batch = batch        # tasks of this map() may use it unchecked
+
+
+class _Batch:
+    """The tasks of one ``map()`` call: the copies they lease stay leased
+    until the last of them is pickled, so one copy serves them all."""
+
+    __slots__ = ("unsent", "submitting", "held")
+
+    def __init__(self) -> None:
+        self.unsent = 0
+        self.submitting = True
+        self.held: list[_Lease] = []
+
+
+def _same_contents(arr: np.ndarray, copy: np.ndarray) -> bool:
+    """Whether ``arr`` holds exactly the bytes of ``copy`` (a memcmp: NaN
+    payloads, -0.0 and padding all count)."""
+    if arr.shape != copy.shape or arr.dtype != copy.dtype:
+        return False
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.array(arr, order="K")
+    if (arr.flags.f_contiguous and not arr.flags.c_contiguous) != \
+            (copy.flags.f_contiguous and not copy.flags.c_contiguous):
+        return False
+    return _ext.same_bytes(arr.view(np.ndarray).reshape(-1, order="A").view(np.uint8),
+                           copy.view(np.ndarray).reshape(-1, order="A").view(np.uint8))
+
+
+class _Leases:
+    """The parent's shared copies of plain arrays, and the tasks using them."""
+
+    def __init__(self, spares: _Spares, on_cleanup: Callable[[], None]) -> None:
+        self.spares = spares
+        self.on_cleanup = on_cleanup
+        self.lock = threading.Lock()
+        self.current: dict[int, _Lease] = {}   # id(source) -> its newest copy
+        self.pending = 0                       # tasks submitted and not done
+        self.closed = False                    # shut down: clean up when idle
+
+    def lease(self, arr: np.ndarray, batch: _Batch | None) -> _Lease | None:
+        """A copy of ``arr`` as it is now, for one task; None to pickle it."""
+        with self.lock:
+            lease = self.current.get(id(arr))
+            if lease is not None and lease.source is arr:
+                lease.count += 1               # pinned while we look at it
+            else:
+                lease = None
+        if lease is not None:
+            if (batch is not None and lease.batch is batch) or \
+                    _same_contents(arr, lease.array):
+                self._hold(lease, batch)
+                return lease
+            self.release([lease])
+        seg, release = self._copy(arr)
+        if seg is None:
+            return None
+        lease = _Lease(arr, seg, release, batch)
+        with self.lock:
+            self.current[id(arr)] = lease
+        self._hold(lease, batch)
+        return lease
+
+    def _hold(self, lease: _Lease, batch: _Batch | None) -> None:
+        if batch is None:
+            return
+        with self.lock:
+            lease.batch = batch
+            if lease not in batch.held:
+                lease.count += 1
+                batch.held.append(lease)
+
+    def _copy(self, arr: np.ndarray) -> tuple[Segment | None, Any]:
+        spare = self.spares.refill(arr)
+        if spare is not None:
+            return spare.seg, spare.release
+        for attempt in (0, 1):
+            try:
+                seg = share_segment(arr, refillable=True)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if attempt == 0 and self.spares.clear():
+                    continue          # the spares were in the way
+                _warn_fallback(arr, exc)
+                return None, None
+            return seg, own(seg, registered=True)
+        return None, None
 
     def release(self, leases: list[_Lease]) -> None:
-        """Tasks using ``leases`` are done: unlink copies nobody needs.
-
-        While tasks wait to be pickled (the rest of a ``map``), an unused copy
-        is parked until the next task is pickled, which may lease it again."""
-        dead = []
+        """Tasks using ``leases`` are done: keep or unlink unused copies."""
+        free = []
         with self.lock:
             for lease in leases:
                 lease.count -= 1
-                if lease.count == 0 and self.leases.get(id(lease.source)) is lease:
-                    if self.unsent:
-                        self.parked.append(lease)
-                    else:
-                        del self.leases[id(lease.source)]
-                        dead.append(lease)
-        self.retire(dead)
+                if lease.count == 0:
+                    if self.current.get(id(lease.source)) is lease:
+                        del self.current[id(lease.source)]
+                    free.append(lease)
+            closed = self.closed
+        for lease in free:
+            lease.array = lease.source = None
+            if closed:
+                lease.release()
+            else:
+                self.spares.put(lease.seg, lease.release)
 
-    def submitted(self) -> None:
+    def submitted(self, batch: _Batch | None) -> None:
         with self.lock:
             self.pending += 1
-            self.unsent += 1
+            if batch is not None:
+                batch.unsent += 1
 
-    def sent(self, pickled: bool = True) -> None:
-        """A task was pickled (or will never be).  Parked copies that it did
-        not lease again are released; all of them when no task is left."""
+    def sent(self, batch: _Batch | None) -> None:
+        """A task was pickled (or never will be)."""
+        if batch is not None:
+            with self.lock:
+                batch.unsent -= 1
+            self.batch_check(batch)
+
+    def batch_check(self, batch: _Batch) -> None:
+        """Release a map's copies once it submitted and pickled every task."""
         with self.lock:
-            self.unsent -= 1
-            if not pickled and self.unsent:
+            if batch.submitting or batch.unsent or not batch.held:
                 return
-            dead = [lease for lease in self.parked if lease.count == 0
-                    and self.leases.get(id(lease.source)) is lease]
-            for lease in dead:
-                del self.leases[id(lease.source)]
-            self.parked.clear()
-        self.retire(dead)
+            held, batch.held = batch.held, []
+        self.release(held)
 
     def task_done(self) -> None:
         with self.lock:
@@ -564,13 +595,39 @@ class _PoolState:
             self.cleanup()
 
     def cleanup(self) -> None:
-        """Release every lease and spare; unlink results that never arrived."""
         with self.lock:
-            dead = list(self.leases.values())
-            self.leases.clear()
-            self.parked.clear()
-        self.retire(dead)     # closed: unlinks them all
-        self.drop_spares()
+            dead = list(self.current.values())
+            self.current.clear()
+        for lease in dead:
+            lease.release()
+        self.spares.clear()
+        self.on_cleanup()
+
+
+class _Pool:
+    """What one executor's parent side knows: constants, copies, functions."""
+
+    def __init__(self, threshold: int | None) -> None:
+        self.threshold = threshold
+        self.pid = os.getpid()
+        self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}x"
+        try:
+            st = os.statvfs(SHM_DIR)
+            budget = st.f_blocks * st.f_frsize // _SPARE_SHARE
+        except OSError:
+            budget = 0
+        self.spares = _Spares(_SPARES, budget, _SPARE_TTL)
+        self.leases = _Leases(self.spares, self.sweep_results)
+        self.functions = _FunctionCache(_FUNCTIONS)
+
+    def config(self) -> _WorkerConfig:
+        return _WorkerConfig(self.threshold, self.pid, self.prefix)
+
+    def close(self) -> None:
+        self.leases.close()
+
+    def sweep_results(self) -> None:
+        """Unlink results that never reached us (a worker died, the pool broke)."""
         try:
             names = os.listdir(SHM_DIR)
         except OSError:
@@ -579,170 +636,183 @@ class _PoolState:
             if name.startswith(self.prefix):
                 ref = _cache.get(name)
                 if ref is None or ref() is None:
-                    _discard(name)
+                    discard(name)
 
 
-def _by_reference(obj: Any) -> bool:
-    """Whether plain pickle would carry ``obj`` as a reference that works
-    in any worker: an importable module-level function or class."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", "<")
-    return module is not None and module != "__main__" and "<" not in qualname
-
+# ---------------------------------------------------------------- parent: pickling tasks
 
 class _ArgPickler(pickle.Pickler):
-    """Pickles a task: the C pickler, with three additions.
+    """Pickles a task: the C pickler, with two additions.
 
     * plain arrays of at least the threshold become leased shared copies;
-    * functions and classes that plain pickle cannot carry by reference
-      (lambdas, closures, anything defined in ``__main__``) are pickled by
-      value with cloudpickle, as separate blobs; those without a closure are
-      cached per object, so a ``__main__`` function costs cloudpickle once
-      per executor and not once per task;
-    * ``shares_memory`` records whether the stream refers to shared memory,
-      which makes a blob unsafe to cache (it would pin the mapping).
+    * functions and classes plain pickle cannot carry (see ``_how_to_send``)
+      go by value with cloudpickle, as separate blobs; those without a
+      closure are cached per object.
     """
 
-    def __init__(self, file: io.BytesIO, state: "_PoolState", call: "_Call") -> None:
+    def __init__(self, file: io.BytesIO, pool: _Pool, call: _Call) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.dispatch_table = _dispatch_table()
-        self.state = state
+        self.pool = pool
         self.call = call
-        self.shares_memory = False
 
-    def share(self, obj: Any) -> Any:
+    def share(self, obj: np.ndarray) -> Any:
         """Reduce a large plain array to a handle on its leased copy."""
-        lease = self.state.lease(obj)
+        lease = self.pool.leases.lease(obj, self.call.batch)
         if lease is None:
             return NotImplemented
         self.call.leases.append(lease)
-        self.shares_memory = True
-        return _rebuild_lease, reduce_ndarray(lease.array)[1]
+        return rebuild_ndarray, handle_of(lease.array, remember=False)
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
         if t is np.ndarray:
-            return self.share(obj) if _is_big(obj, self.state.threshold) else NotImplemented
-        if t is ndarray:
-            self.shares_memory = True
-        elif (t is types.FunctionType or isinstance(obj, type)) and not _by_reference(obj):
-            data, cacheable = self.state.pickle_by_value(obj, self.call)
-            self.shares_memory |= not cacheable
-            return _load_by_value, (data, cacheable)
+            return self.share(obj) if _is_big(obj, self.pool.threshold) else NotImplemented
+        if t is types.FunctionType or isinstance(obj, type):
+            how = _how_to_send(obj)
+            if how == _BY_REFERENCE:
+                return NotImplemented
+            cacheable = getattr(obj, "__closure__", None) is None
+            blob = self.pool.functions.get(obj) if cacheable else None
+            if blob is None:
+                buf = io.BytesIO()
+                p = _CloudArgPickler(buf, self.pool, self.call)
+                p.dump(obj)
+                blob = buf.getvalue()
+                cacheable = cacheable and not p.shares_memory
+                if cacheable:
+                    self.pool.functions.put(obj, blob)
+            if how == _FROM_MAIN:
+                return _from_main, (obj.__qualname__, blob)
+            return _load_by_value, (blob, cacheable)
         return NotImplemented
 
 
 class _CloudArgPickler(cloudpickle.Pickler):
     """cloudpickle for one function or class, sharing large arrays it holds."""
 
-    def __init__(self, file: io.BytesIO, state: "_PoolState", call: "_Call") -> None:
+    def __init__(self, file: io.BytesIO, pool: _Pool, call: _Call) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.state = state
+        self.pool = pool
         self.call = call
-        self.shares_memory = False
-
-    share = _ArgPickler.share
+        self.shares_memory = False    # a cached blob must not pin a mapping
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
-        if t is np.ndarray and _is_big(obj, self.state.threshold):
-            return self.share(obj)
         if t is ndarray:
             self.shares_memory = True
+        elif t is np.ndarray and _is_big(obj, self.pool.threshold):
+            self.shares_memory = True
+            return _ArgPickler.share(self, obj)  # type: ignore[arg-type]
         return super().reducer_override(obj)
 
 
-_by_value_cache: dict[bytes, Any] = {}
-_BY_VALUE_CACHE_SIZE = 256    # distinct functions/classes a worker keeps
-
-
-def _load_by_value(data: bytes, cacheable: bool) -> Any:
-    """Worker side of a cloudpickled function or class (cached per blob, so
-    a class keeps its identity across tasks)."""
-    if not cacheable:
-        return pickle.loads(data)
-    obj = _by_value_cache.get(data)
-    if obj is None:
-        obj = pickle.loads(data)
-        if len(_by_value_cache) >= _BY_VALUE_CACHE_SIZE:
-            _by_value_cache.clear()
-        _by_value_cache[data] = obj
-    return obj
+_batch = threading.local()     # the map() call this thread is submitting for
 
 
 class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
-    __slots__ = ("fn", "args", "kwargs", "state", "leases", "done", "sent",
-                 "lock", "__weakref__")
+    __slots__ = ("fn", "args", "kwargs", "pool", "batch", "leases", "done",
+                 "sent", "lock", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
-                 state: _PoolState) -> None:
+                 pool: _Pool, batch: _Batch | None) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.state = state
+        self.pool = pool
+        self.batch = batch
         self.leases: list[_Lease] = []
         self.done = False
         self.sent = False
         self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple:
-        state = self.state
         fn, args, kwargs = self.fn, self.args, self.kwargs
-        if (type(fn) in _PLAIN_FUNCTIONS and _by_reference(fn)
+        if (type(fn) in (types.FunctionType, types.BuiltinFunctionType)
+                and _how_to_send(fn) == _BY_REFERENCE
                 and all(type(a) in _ATOMIC for a in args)
                 and (not kwargs or all(type(v) in _ATOMIC for v in kwargs.values()))):
-            # Nothing for our pickler to do (the common tiny task): let the
-            # executor's own pickler write it, without a nested stream.
+            # Nothing for our pickler to do (the common tiny task): the
+            # executor's own pickler writes it, without a nested stream.
             with self.lock:
-                self._sent_locked(True)
-            return _plain_call, (fn, args, kwargs, state.threshold, state.pid,
-                                 state.prefix)
+                self._mark_sent()
+            return _run, (fn, args, kwargs)
         buf = io.BytesIO()
         with self.lock:
             try:
-                _ArgPickler(buf, state, self).dump(
-                    (self.fn, self.args, self.kwargs, state.threshold, state.pid,
-                     state.prefix))
+                _ArgPickler(buf, self.pool, self).dump((fn, args, kwargs))
             except BaseException:
-                self._release_locked()
-                self._sent_locked()
+                self._release()
+                self._mark_sent()
                 raise
             if self.done:              # finished (pool broke) while we pickled
-                self._spoil_locked()
-                self._release_locked()
-            self._sent_locked(True)
-        return _load_call, (buf.getvalue(),)
+                self._release()
+            self._mark_sent()
+        return _run_pickled, (buf.getvalue(),)
 
-    def _spoil_locked(self) -> None:
-        for lease in self.leases:
-            lease.dirty = True
-
-    def _release_locked(self) -> None:
+    def _release(self) -> None:
         leases, self.leases = self.leases, []
         if leases:
-            self.state.release(leases)
+            self.pool.leases.release(leases)
 
-    def _sent_locked(self, pickled: bool = False) -> None:
+    def _mark_sent(self) -> None:
         if not self.sent:
             self.sent = True
-            self.state.sent(pickled)
+            self.pool.leases.sent(self.batch)
 
-    def finished(self, future: Future | None) -> None:
-        """Done callback: the task no longer needs its shared inputs."""
-        failed = (future is None or future.cancelled()
-                  or future.exception() is not None)
+    def finished(self) -> None:
+        """The task is done: it no longer needs its copies."""
         with self.lock:
-            if failed:
-                # A worker may still map them (a traceback holds the frames;
-                # a broken pool tells nothing): never reuse these copies.
-                self._spoil_locked()
             self.done = True
-            self._release_locked()
-            self._sent_locked()
-        self.state.task_done()
+            self.fn = self.args = self.kwargs = None
+            self._release()
+            self._mark_sent()
+        self.pool.leases.task_done()
 
+
+class _Future(Future):
+    """The future ``submit`` returns: settled from the executor's own, so
+    that a result which cannot be brought back fails this task only."""
+
+    def __init__(self, inner: Future) -> None:
+        super().__init__()
+        self._sa_inner = inner
+
+    def cancel(self) -> bool:
+        """As ``Future.cancel``: succeeds while the task has not started."""
+        return self._sa_inner.cancel() and super().cancel()
+
+    def running(self) -> bool:
+        """As ``Future.running``."""
+        return not self.done() and self._sa_inner.running()
+
+
+def _settle(outer_ref: weakref.ref, call: _Call, inner: Future) -> None:
+    """Done callback of the executor's own future."""
+    call.finished()
+    outer = outer_ref()
+    if outer is None:
+        return
+    if inner.cancelled():
+        # As the executor does with its own: cancelled, then notified, which
+        # is what wait() and as_completed() look for.
+        Future.cancel(outer)
+        outer.set_running_or_notify_cancel()
+        return
+    exc = inner.exception()
+    if exc is not None:
+        outer.set_exception(exc)
+        return
+    result = inner.result()
+    if type(result) is _Lost:
+        outer.set_exception(result.exc)
+    else:
+        outer.set_result(result)
+
+
+# ---------------------------------------------------------------- the executor
 
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` that shares numpy arrays.
@@ -753,25 +823,27 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         As for the standard class (``max_tasks_per_child`` needs Python 3.11).
     share_threshold : int or None
         Plain numpy arrays of at least this many bytes, anywhere in a task's
-        arguments, are copied once into shared memory and reach workers as
+        arguments, are copied into shared memory and reach workers as
         read-only ``sharedarray.ndarray``; arrays of this size returned by
         workers come back through shared memory as ``sharedarray.ndarray``
         owned by this process.  ``None`` turns both off.
         ``sharedarray.ndarray`` arguments always travel as handles to the
         same, writable memory.
 
-    Functions and arguments are pickled with cloudpickle, so lambdas,
-    closures and functions defined in ``__main__`` work with every start
-    method.
+    A task sees each argument as of some moment at or after its
+    ``submit()``; one copy serves every task of a ``map()`` call and every
+    later task whose array still holds the same bytes.  Functions travel by
+    reference where plain pickle can carry them, otherwise (lambdas,
+    closures, functions missing from a worker's ``__main__``) by value with
+    cloudpickle.
 
-    Lifecycle: a copy that no pending task needs any more is kept for up
-    to 5 seconds, to be refilled by the next array of the same size (a
-    memcpy instead of a new segment), unless a worker still maps it; then it
-    is unlinked.  Everything is unlinked at ``shutdown()`` and - through the
-    resource tracker - if this process is killed; workers exit by
+    Lifecycle: a copy that no pending task needs is kept up to 5 seconds to
+    be refilled by the next array of its size, but only while no process maps
+    it; then it is unlinked.  Everything is unlinked at ``shutdown()`` and -
+    through the resource tracker - if this process is killed; workers exit by
     themselves when this process dies.  When shared memory is full, kept
-    copies make room first; then an array falls back to ordinary pickling
-    with a ``RuntimeWarning``.
+    copies make room first; then arrays fall back to ordinary pickling with
+    one ``RuntimeWarning``.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
@@ -787,40 +859,46 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             if sys.version_info < (3, 11):
                 raise TypeError("max_tasks_per_child needs Python 3.11 or newer")
             kwargs["max_tasks_per_child"] = max_tasks_per_child
+        from multiprocessing import resource_tracker
         # Workers must share our tracker: start it before any worker exists.
         resource_tracker.ensure_running()
-        self._sa_state = _PoolState(share_threshold)
+        self._sa_pool = _Pool(share_threshold)
+        pool = self._sa_pool
         super().__init__(max_workers, mp_context, _worker_init,
-                         (os.getpid(), initializer, initargs), **kwargs)
-        self._sa_finalizer = weakref.finalize(self, _PoolState.close,
-                                              self._sa_state)
+                         (pool.config(), _ext.start_time(pool.pid), initializer,
+                          initargs), **kwargs)
+        self._sa_finalizer = weakref.finalize(self, pool.close)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
-        call = _Call(fn, args, kwargs, self._sa_state)
-        self._sa_state.submitted()
+        pool = self._sa_pool
+        batch = getattr(_batch, "current", None)
+        call = _Call(fn, args, kwargs, pool, batch)
+        pool.leases.submitted(batch)
         try:
-            future = super().submit(call)
+            inner = super().submit(call)
         except BaseException:
-            call.finished(None)
+            call.finished()
             raise
-        future.add_done_callback(call.finished)
-        return future
+        outer = _Future(inner)
+        inner.add_done_callback(functools.partial(_settle, weakref.ref(outer), call))
+        return outer
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__ or submit.__doc__
 
     def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None,
             chunksize: int = 1, **kwargs: Any) -> Any:
         """As the standard ``map``; an array passed to many tasks is copied once."""
-        # Counts as one more unpickled task while the tasks are submitted, so
-        # a copy is not dropped between two submits when the first finishes.
-        self._sa_state.submitted()
+        batch = _Batch()
+        outer = getattr(_batch, "current", None)
+        _batch.current = batch
         try:
             return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
                                **kwargs)
         finally:
-            self._sa_state.sent(False)
-            self._sa_state.task_done()
+            _batch.current = outer
+            batch.submitting = False
+            self._sa_pool.leases.batch_check(batch)
 
     map.__doc__ = concurrent.futures.ProcessPoolExecutor.map.__doc__ or map.__doc__
 

@@ -189,15 +189,26 @@ def reduce_ndarray(arr: ndarray) -> tuple:
     seg = segment_of(arr)
     if seg is None or seg.meta is None:
         return _by_value_reduce(arr)
-    _remember(seg)
+    return rebuild_ndarray, handle_of(arr, seg)
+
+
+def handle_of(arr: np.ndarray, seg: Segment | None = None,
+              remember: bool = True) -> tuple:
+    """The handle (arguments of :func:`rebuild_ndarray`) of an array on a
+    segment.  ``remember`` puts the segment in this process's attach cache,
+    so that the handle unpickled here reuses this very mapping."""
+    if seg is None:
+        seg = segment_of(arr)
+    if remember:
+        _remember(seg)
     meta = seg.meta
     offset = _address(arr) - seg.addr
     # The receiver rebuilds with its own header's dtype unless told otherwise:
     # a view may have another dtype, or one that == the segment's but is not
     # the same (aligned flag, metadata, which a .npy header does not keep).
     dtype = _dtype_for_handle(arr.dtype, meta.dtype)
-    return rebuild_ndarray, (seg.name, meta.token, meta.boot, offset, arr.shape,
-                             arr.strides, dtype, arr.flags.writeable)
+    return (seg.name, meta.token, meta.boot, offset, arr.shape, arr.strides, dtype,
+            arr.flags.writeable)
 
 
 def _segment_for(name: str, token: str | None, boot: str | None,
@@ -277,12 +288,34 @@ _owned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _owned_lock = threading.Lock()
 
 
+def _tracker_lock() -> Any:
+    """The standard resource tracker's lock (None if it has none)."""
+    return getattr(getattr(resource_tracker, "_resource_tracker", None), "_lock", None)
+
+
+def _before_fork() -> None:
+    # No thread may hold the tracker's lock across a fork: a child would
+    # inherit it held, and hang at its first register() (Python up to 3.13
+    # does not reset it).  Taking it here waits for a call in progress.
+    lock = _tracker_lock()
+    if lock is not None:
+        lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    lock = _tracker_lock()
+    if lock is not None:
+        lock.release()
+
+
 def _after_fork_in_child() -> None:
     global _owned_lock
     _owned_lock = threading.Lock()     # another thread may have held it
+    _after_fork_in_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def own(seg: Segment, registered: bool = False) -> weakref.finalize:
@@ -306,8 +339,19 @@ def own(seg: Segment, registered: bool = False) -> weakref.finalize:
         return fin
 
 
+def owned_here(seg: Segment) -> bool:
+    """Whether this process owns ``seg`` (will unlink its name)."""
+    entry = _owned.get(seg)
+    return entry is not None and entry[0].alive and entry[1] == os.getpid()
+
+
+def discard(name: str) -> None:
+    """Unlink the temporary ``name`` and drop it from the tracker."""
+    _release(name, "/" + name, _ext.KIND_SHM, os.getpid())
+
+
 def share_segment(array: np.ndarray, owner: int | None = None,
-                  name: str | None = None) -> Segment:
+                  name: str | None = None, refillable: bool = False) -> Segment:
     """Copy ``array`` into a new temporary segment registered with the tracker.
 
     The name is registered *before* the segment exists, so a kill at any
@@ -316,7 +360,7 @@ def share_segment(array: np.ndarray, owner: int | None = None,
     # The C core write()s the bytes in: one copy, no zero-fill, no faults.
     # Without bytes (empty arrays) there is nothing to copy.
     src, order, data = segment_contents(array)
-    name = generate_name(owner) if name is None else name
+    name = generate_name(owner, refillable) if name is None else name
     path = "/" + name
     resource_tracker.register(path, _TRACKER_TYPE)
     try:

@@ -58,15 +58,6 @@ def shm_name(name_factory: Callable[[], str]) -> str:
 
 
 @pytest.fixture(autouse=True)
-def short_lived_spares(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Executors keep released input copies for reuse for a few seconds;
-    here, a few milliseconds, so that every test ends with nothing of its
-    own in /dev/shm.  Tests of that reuse set their own lifetime."""
-    import sharedarray.pool
-    monkeypatch.setattr(sharedarray.pool, "_SPARE_TTL", 0.02)
-
-
-@pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test if it leaves a segment of this process in /dev/shm."""
     before = _ours(_prefixes())

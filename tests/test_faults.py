@@ -307,7 +307,7 @@ if __name__ == "__main__":
             warnings.simplefilter("always")
             ok_small = ex.submit(total, small).result() == small.size
             deadline = time.monotonic() + 10
-            while ex._sa_state.leases and time.monotonic() < deadline:
+            while ex._sa_pool.leases.current and time.monotonic() < deadline:
                 time.sleep(0.01)
             spares = sorted(os.listdir("/dev/shm"))
             ok_big = ex.submit(total, big).result() == big.size
@@ -420,3 +420,163 @@ def test_create_shutdown_cycles_do_not_grow(start_method, tmp_path):
     assert last["maps"] - mid["maps"] <= 8, summary
     assert last["maps"] - first["maps"] <= 40, summary
     assert "leaked" not in proc.stderr, proc.stderr
+
+
+
+# ---------------------------------------------------------------- orphans and fork
+
+ORPHAN_SCRIPT = r"""
+import ctypes, json, os, resource, sys, time, multiprocessing as mp
+import numpy as np, psutil
+import sharedarray as sa
+
+
+def hold_the_gil(flag):
+    open(flag + str(os.getpid()), "w").close()
+    ctypes.PyDLL(None).sleep(600)        # libc sleep() with the GIL held
+
+
+def just_sleep(flag):
+    open(flag + str(os.getpid()), "w").close()
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    how, flag = sys.argv[2], sys.argv[3]
+    held = []
+    if how == "fds":                     # more than select() can watch
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    task = hold_the_gil if how == "gil" else just_sleep
+    ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+    shared = ex.submit(np.ones, 1 << 18).result()       # a result segment, owned here
+    futs = [ex.submit(task, flag) for _ in range(2)]
+    while len([n for n in os.listdir(os.path.dirname(flag))
+               if n.startswith(os.path.basename(flag))]) < 2:
+        time.sleep(0.01)
+    kids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print("READY " + json.dumps({"pid": os.getpid(), "kids": kids,
+                                 "segment": shared.segment.name}), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["gil", "fds"])
+def test_workers_exit_when_the_parent_is_killed(start_method, tmp_path, how):
+    """SIGKILL the parent while every worker is (gil) inside a C call that
+    holds the GIL, or (fds) while the parent has over 1024 fds open: the
+    workers, the tracker and the parent's segments go all the same."""
+    pytest.importorskip("psutil")
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    flag = str(tmp_path / "started-")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fo:
+        parent = subprocess.Popen([sys.executable, str(script), start_method, how, flag],
+                                  stdout=fo, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        ready = None
+        deadline = time.monotonic() + 120
+        while ready is None and time.monotonic() < deadline and parent.poll() is None:
+            for line in out.read_text().splitlines():
+                if line.startswith("READY "):
+                    ready = json.loads(line[6:])
+            time.sleep(0.02)
+        assert ready is not None, out.read_text()
+        assert len(ready["kids"]) >= 3, ready      # two workers and the tracker
+        assert (SHM / ready["segment"]).exists()
+        parent.kill()
+        parent.wait(30)
+        gone = wait_until(lambda: not any(_alive(p) for p in ready["kids"]), 30)
+        assert gone, [p for p in ready["kids"] if _alive(p)]
+        assert wait_until(lambda: not (SHM / ready["segment"]).exists(), 30)
+    finally:
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        parent.wait(30)
+
+
+FORK_RACE_SCRIPT = r"""
+import sys, threading, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def make(n):
+    return np.ones(n)                    # returned through a new segment
+
+
+if __name__ == "__main__":
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            a = sa.share(np.ones(16))    # the tracker: register, unregister
+            del a
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for i in range(int(sys.argv[1])):
+            with sa.ProcessPoolExecutor(2, mp.get_context("fork")) as ex:
+                assert ex.submit(make, 1 << 18).result().sum() == 1 << 18
+    finally:
+        stop.set()
+        t.join()
+    print("OK")
+"""
+
+
+def test_fork_beside_a_thread_in_the_tracker_never_hangs(tmp_path):
+    """Workers forked while another thread talks to the resource tracker
+    (here: share() in a loop) must not inherit its lock held: each worker
+    registers its result with the tracker."""
+    script = tmp_path / "fork_race.py"
+    script.write_text(FORK_RACE_SCRIPT)
+    try:
+        proc = subprocess.run([sys.executable, str(script), "40"], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a forked worker hung: {exc}")
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr
+
+
+MANY_WARNINGS_SCRIPT = r"""
+import json, sys, warnings, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def big(i):
+    return np.full(1 << 22, float(i))    # 32 MiB: no room for it
+
+
+if __name__ == "__main__":
+    with sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1])) as ex:
+        list(ex.map(abs, range(4)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ins = [ex.submit(np.sum, np.full(1 << 22, float(i))).result() for i in range(4)]
+            outs = [float(ex.submit(big, i).result().sum()) for i in range(6)]
+    print(json.dumps({"ins": ins, "outs": outs,
+                      "parent": sum("too small" in str(w.message) for w in caught)}))
+"""
+
+
+def test_small_dev_shm_warns_once_per_process(start_method, tmp_path):
+    _require_sandbox()
+    script = tmp_path / "warnings.py"
+    script.write_text(MANY_WARNINGS_SCRIPT)
+    argv = _sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ins"] == [float(i) * (1 << 22) for i in range(4)]
+    assert out["outs"] == [float(i) * (1 << 22) for i in range(6)]
+    assert out["parent"] == 1, out
+    in_workers = proc.stderr.count("shared memory is too small")
+    assert 1 <= in_workers <= 2, proc.stderr     # two workers, six results

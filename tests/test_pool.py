@@ -219,6 +219,9 @@ def start_method(request: pytest.FixtureRequest) -> str:
 def pool(start_method: str):
     """One executor per start method for the tests that leave it usable."""
     ex = sa.ProcessPoolExecutor(2, mp.get_context(start_method))
+    # Released copies are kept for reuse a few seconds; here a few
+    # milliseconds, so that every test ends with nothing of its own left.
+    ex._sa_pool.spares.ttl = 0.02
     yield ex
     ex.shutdown(wait=True)
 
@@ -648,54 +651,30 @@ def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, t
 
 # ---------------------------------------------------------------- reuse of released copies
 
-@pytest.fixture
-def spares_live(monkeypatch: pytest.MonkeyPatch) -> float:
-    """Spares live as long as in real use (conftest shortens them)."""
-    monkeypatch.setattr(sa_pool, "_SPARE_TTL", 30.0)
-    return 30.0
-
-
-def test_held_elsewhere_sees_every_array_on_a_copy(shm_name: str) -> None:
-    """The reuse check counts references to the Segment, as retire() calls it:
-    nothing but the lease -> reusable; any view, view of a view, memoryview or
-    unpickled handle on it -> not."""
-    from sharedarray.core import attach_segment, wrap
-
-    class Lease:
-        seg: Any = None
-
-    sa.from_array(shm_name, np.arange(64.0))
-    try:
-        lease = Lease()
-        lease.seg = attach_segment(shm_name)
-        seg = lease.seg
-        assert not sa_pool._held_elsewhere(seg)
-        for make in (lambda: wrap(seg), lambda: wrap(seg)[3:9][::2],
-                     lambda: memoryview(wrap(seg)[1:]),
-                     lambda: pickle.loads(pickle.dumps(wrap(seg)))):
-            holder = make()
-            assert sa_pool._held_elsewhere(seg), holder
-            del holder
-            assert not sa_pool._held_elsewhere(seg)
-    finally:
-        sa.delete(shm_name)
-
-
 def _spares(ex: sa.ProcessPoolExecutor) -> list[str]:
-    return [spare[0].name for spare in ex._sa_state.spares]
+    return ex._sa_pool.spares.names()
+
+
+def _idle(ex: sa.ProcessPoolExecutor) -> bool:
+    return not ex._sa_pool.leases.current
+
+
+def _keep_spares(ex: sa.ProcessPoolExecutor) -> sa.ProcessPoolExecutor:
+    ex._sa_pool.spares.ttl = 30.0        # as long as in real use
+    return ex
 
 
 def _first_copy(ex: sa.ProcessPoolExecutor, fn: Callable, arr: np.ndarray) -> Any:
-    """Run ``fn(arr)``; wait until the executor has retired the copy."""
+    """Run ``fn(arr)``; wait until the executor has released the copy."""
     out = ex.submit(fn, arr).result()
-    assert wait_until(lambda: not ex._sa_state.leases, 10)
+    assert wait_until(lambda: _idle(ex), 10)
     return out
 
 
-def test_released_copy_takes_the_next_array_of_its_size(start_method, spares_live):
-    with _new_pool(start_method) as ex:
+def test_released_copy_takes_the_next_array_of_its_size(start_method):
+    with _keep_spares(_new_pool(start_method)) as ex:
         name = _first_copy(ex, describe, _big(1.0))["segment"]
-        assert _spares(ex) == [name] and _mine() == {name}
+        assert wait_until(lambda: _spares(ex) == [name]) and _mine() == {name}
         # A fresh array of the same size is copied into it, not into a new one.
         d = ex.submit(describe, _big(2.0)).result()
         assert d["segment"] == name and not d["writeable"]
@@ -717,11 +696,11 @@ def test_released_copy_takes_the_next_array_of_its_size(start_method, spares_liv
 
 
 @pytest.mark.parametrize("how", ["kept", "returned", "raised"])
-def test_copy_a_worker_still_maps_is_never_refilled(start_method, spares_live, how):
-    """A copy is refilled only when no worker maps it any more: a worker that
+def test_copy_a_worker_still_maps_is_never_refilled(start_method, how):
+    """A copy is refilled only when no process maps it: a worker that
     keeps its input, returns a view of it or fails with it live in a
     traceback must go on seeing the old contents."""
-    with _new_pool(start_method, max_workers=1) as ex:
+    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
         first = _big(1.0)
         view = None
         if how == "kept":
@@ -734,8 +713,7 @@ def test_copy_a_worker_still_maps_is_never_refilled(start_method, spares_live, h
             with pytest.raises(ValueError) as info:
                 ex.submit(keep_input_and_fail, first).result()
             name = str(info.value)
-            assert wait_until(lambda: not ex._sa_state.leases, 10)
-        assert name not in _spares(ex)
+            assert wait_until(lambda: _idle(ex), 10)
         for k in range(2, 5):            # fresh arrays of the same size
             d = ex.submit(describe, _big(float(k))).result()
             assert d["segment"] != name and d["sum"] == float(_big(float(k)).sum())
@@ -747,8 +725,8 @@ def test_copy_a_worker_still_maps_is_never_refilled(start_method, spares_live, h
     assert wait_until(lambda: not _mine(), 10), _mine()
 
 
-def test_handle_to_refilled_copy_is_stale(start_method, spares_live):
-    with _new_pool(start_method, max_workers=1) as ex:
+def test_handle_to_refilled_copy_is_stale(start_method):
+    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
         blob = _first_copy(ex, pickle.dumps, _big(1.0))   # the worker's handle
         assert pickle.loads(blob).sum() == float(_big(1.0).sum())
         gc.collect()
@@ -758,21 +736,171 @@ def test_handle_to_refilled_copy_is_stale(start_method, spares_live):
             pickle.loads(blob)
 
 
-def test_spares_are_bounded_and_expire(start_method, monkeypatch):
-    monkeypatch.setattr(sa_pool, "_SPARE_TTL", 1.0)
+def test_spares_are_bounded_and_expire(start_method):
     with _new_pool(start_method) as ex:
+        spares = ex._sa_pool.spares
+        spares.ttl = 1.0
         arrs = [_big(float(i)) for i in range(8)]
         sums = [d["sum"] for d in ex.map(describe, arrs)]
         assert sums == [float(a.sum()) for a in arrs]
-        assert wait_until(lambda: not ex._sa_state.leases, 10)
-        assert 1 <= len(_spares(ex)) <= sa_pool._SPARES
+        assert wait_until(lambda: _idle(ex), 10)
+        assert 1 <= len(_spares(ex)) <= spares.count
         # Unused for the lifetime: unlinked without a shutdown.
         assert wait_until(lambda: not _mine(), 10), _mine()
         # A byte budget too: here room for one copy.
-        ex._sa_state.spare_budget = BIG * 8 + 4096
+        spares.budget = BIG * 8 + 4096
         list(ex.map(describe, arrs))
-        assert wait_until(lambda: not ex._sa_state.leases, 10)
+        assert wait_until(lambda: _idle(ex), 10)
         assert len(_spares(ex)) <= 1
+
+
+# A process outside the pool that receives a worker's input (its own pool,
+# a Queue, a Manager) and keeps it: the copy must never change under it.
+
+_queue: Any = None
+
+
+def set_queue(q: Any) -> None:
+    global _queue
+    _queue = q
+
+
+def pass_on(x: np.ndarray) -> str:
+    """Hand the input to the helper process, then return."""
+    _queue.put(x)
+    return x.segment.name
+
+
+def hold_and_report(inbox: Any, outbox: Any) -> None:
+    """Helper process: keep what arrives, report its sums when asked."""
+    held = inbox.get(timeout=60)
+    outbox.put(("got", float(held.sum()), float(held[0])))
+    inbox.get(timeout=120)                  # "report"
+    outbox.put(("now", float(held.sum()), float(held[0])))
+
+
+def test_a_third_process_keeps_its_view_of_a_copy(start_method):
+    ctx = mp.get_context(start_method)
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    helper = ctx.Process(target=hold_and_report, args=(inbox, outbox))
+    helper.start()
+    try:
+        with _keep_spares(_new_pool(start_method, max_workers=1, initializer=set_queue,
+                                    initargs=(inbox,))) as ex:
+            first = _big(1.0)
+            name = _first_copy(ex, pass_on, first)
+            got = outbox.get(timeout=60)
+            assert got == ("got", float(first.sum()), float(first[0]))
+            # Fresh arrays of the copy's size: none may be written into it.
+            for k in range(2, 6):
+                d = ex.submit(describe, _big(float(k))).result()
+                assert d["segment"] != name and d["sum"] == float(_big(float(k)).sum())
+            inbox.put("report")
+            assert outbox.get(timeout=60) == ("now", float(first.sum()), float(first[0]))
+    finally:
+        helper.join(60)
+        if helper.is_alive():
+            helper.kill()
+    assert helper.exitcode == 0
+
+
+def unpickle_in_a_loop(blob: bytes, expect: float, rounds: int, outbox: Any) -> None:
+    """Helper process: attach an old handle again and again; every view
+    that attaches must show the old contents for as long as it lives."""
+    attached = stale = wrong = 0
+    for _ in range(rounds):
+        try:
+            arr = pickle.loads(blob)
+        except sa.StaleHandleError:
+            stale += 1
+            continue
+        except FileNotFoundError:
+            stale += 1
+            continue
+        attached += 1
+        for _ in range(3):
+            if not (arr[0] == expect and arr[-1] == expect and float(arr.sum()) == expect * arr.size):
+                wrong += 1
+                break
+            time.sleep(0.001)
+        del arr
+    outbox.put((attached, stale, wrong))
+
+
+def test_old_handle_never_shows_a_refill(start_method):
+    """While copies are refilled in a loop, a process attaching an old handle
+    to one gets either the old contents, for as long as it maps them, or
+    StaleHandleError; never the new contents."""
+    ctx = mp.get_context(start_method)
+    outbox = ctx.Queue()
+    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
+        blob = _first_copy(ex, pickle.dumps, np.full(BIG, 7.0))
+        gc.collect()
+        helper = ctx.Process(target=unpickle_in_a_loop, args=(blob, 7.0, 400, outbox))
+        helper.start()
+        try:
+            k = 0
+            while helper.is_alive() and k < 400:
+                k += 1
+                arr = np.full(BIG, float(k % 5), dtype=np.float64)   # never 7.0
+                assert ex.submit(describe, arr).result()["sum"] == float(arr.sum())
+            attached, stale, wrong = outbox.get(timeout=120)
+        finally:
+            helper.join(60)
+            if helper.is_alive():
+                helper.kill()
+    assert wrong == 0, (attached, stale, wrong)
+    assert attached + stale == 400
+
+
+# ---------------------------------------------------------------- snapshots
+
+def test_array_changed_between_submits_reaches_the_second_task_changed(start_method, tmp_path):
+    """As with the standard executor: a task sees its arguments as of a
+    moment at or after its submit(), not an older copy still in use."""
+    flag = str(tmp_path / "go")
+    with _new_pool(start_method) as ex:
+        x = _big(1.0)
+        first = ex.submit(wait_for_file, flag, x)        # keeps x's copy leased
+        assert wait_until(lambda: not _idle(ex), 10)
+        x[:] = 42.0
+        second = ex.submit(describe, x).result(timeout=60)
+        assert second["sum"] == 42.0 * BIG
+        Path(flag).touch()
+        assert float(first.result(timeout=60).sum()) == float(_big(1.0).sum())
+
+
+def test_unchanged_array_submitted_again_shares_one_copy(start_method, tmp_path):
+    flag = str(tmp_path / "go")
+    with _new_pool(start_method) as ex:
+        x = _big(3.0)
+        first = ex.submit(wait_for_file, flag, x)
+        names = {ex.submit(describe, x).result(timeout=60)["segment"] for _ in range(4)}
+        Path(flag).touch()
+        kept = first.result(timeout=60)
+        assert names == {kept.segment.name}
+        del kept
+
+
+@pytest.mark.parametrize("change", ["nan payload", "negative zero", "one byte"])
+def test_snapshot_compares_bytes_not_values(start_method, tmp_path, change):
+    flag = str(tmp_path / "go")
+    with _new_pool(start_method) as ex:
+        x = np.zeros(BIG)
+        first = ex.submit(wait_for_file, flag, x)
+        assert wait_until(lambda: not _idle(ex), 10)
+        if change == "nan payload":
+            x[5] = np.nan
+            x.view(np.uint64)[5] ^= 1            # another NaN
+        elif change == "negative zero":
+            x[5] = -0.0                          # == 0.0, other bytes
+        else:
+            x.view(np.uint8)[-1] = 1
+        got = ex.submit(ident, x).result(timeout=60)
+        assert got.tobytes() == x.tobytes()
+        Path(flag).touch()
+        first.result(timeout=60)
+        del got
 
 
 # ---------------------------------------------------------------- initializer, breakage, recycling
@@ -893,3 +1021,126 @@ def test_functions_defined_in_main(start_method, tmp_path):
     assert out["c_sum"] == out["d"] == 2.0 * (1 << 18)
     assert out["left"] == []
     assert "leaked" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- what workers return
+
+def return_own_share(n: int, fill: float) -> Any:
+    """A worker's own share()d array, dropped by the worker as it returns."""
+    return sa.share(np.full(n, fill))
+
+
+def return_own_share_view(n: int) -> Any:
+    return sa.share(np.arange(float(n)))[1::2]
+
+
+def return_created(name: str) -> Any:
+    return sa.from_array(name, np.arange(float(SMALL)))
+
+
+def return_deleted(name: str) -> Any:
+    """A handle to a name that is gone before the parent can attach it."""
+    arr = sa.attach(name)
+    sa.delete(name)
+    return {"kept": 1, "arr": arr}
+
+
+@pytest.mark.parametrize("n", [SMALL, BIG])
+def test_worker_may_return_its_own_shared_arrays(pool, n):
+    futs = [pool.submit(return_own_share, n, float(i)) for i in range(18)]
+    for i, f in enumerate(futs):
+        r = f.result(timeout=60)
+        assert r.shape == (n,) and float(r.sum()) == float(i) * n
+    r = pool.submit(return_own_share_view, n).result(timeout=60)
+    assert np.array_equal(r, np.arange(float(n))[1::2])
+
+
+def test_worker_may_return_a_created_array(pool, shm_name):
+    r = pool.submit(return_created, shm_name).result(timeout=60)
+    try:
+        assert r.segment.name == shm_name and np.array_equal(r, np.arange(float(SMALL)))
+    finally:
+        sa.delete(shm_name)
+
+
+def test_result_that_cannot_come_back_fails_its_own_future(pool, shm_name):
+    sa.from_array(shm_name, np.ones(SMALL))     # not mapped here any more
+    gc.collect()
+    bystander = pool.submit(describe_slowly, np.ones(SMALL), 0.2)
+    fut = pool.submit(return_deleted, shm_name)
+    with pytest.raises(FileNotFoundError):
+        fut.result(timeout=60)
+    assert bystander.result(timeout=60)["sum"] == SMALL
+    assert pool.submit(square, 7).result(timeout=60) == 49
+
+
+def test_returned_future_behaves_as_the_standard_one(pool, tmp_path):
+    flag = str(tmp_path / "go")
+    first = pool.submit(wait_for_file, flag, 1)
+    second = pool.submit(wait_for_file, flag, 2)
+    queued = [pool.submit(square, i) for i in range(20)]
+    assert wait_until(lambda: first.running() or first.done(), 30)
+    assert not first.cancel()                   # running: cannot be cancelled
+    cancelled = [f for f in queued if f.cancel()]
+    Path(flag).touch()
+    assert (first.result(timeout=60), second.result(timeout=60)) == (1, 2)
+    for f in queued:
+        assert f.cancelled() == (f in cancelled)
+        if not f.cancelled():
+            assert f.result(timeout=60) == queued.index(f) ** 2
+    done, _ = concurrent.futures.wait(queued, timeout=60)
+    assert len(done) == len(queued)
+
+
+INIT_GLOBAL_SCRIPT = r'''
+import multiprocessing as mp, sys
+import sharedarray as sa
+
+SCALE = None
+
+
+def init(scale):
+    global SCALE
+    SCALE = scale
+
+
+def task(x):
+    return SCALE * x
+
+
+if __name__ == "__main__":
+    with sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]), initializer=init,
+                                initargs=(3,)) as ex:
+        print(ex.submit(task, 14).result(), list(ex.map(task, [1, 2])))
+'''
+
+
+def test_initializer_globals_are_seen_by_main_functions(start_method, tmp_path):
+    """The standard pattern: an initializer sets a module global that a task
+    defined in ``__main__`` reads."""
+    script = tmp_path / "init_global.py"
+    script.write_text(INIT_GLOBAL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), start_method], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["42", "[3,", "6]"]
+
+
+def test_functions_travel_by_reference_where_plain_pickle_works():
+    assert sa_pool._how_to_send(square) == sa_pool._BY_REFERENCE
+    assert sa_pool._how_to_send(np.add) == sa_pool._BY_REFERENCE
+    assert sa_pool._how_to_send(lambda: 0) == sa_pool._BY_VALUE
+
+    def local() -> None:
+        pass
+
+    assert sa_pool._how_to_send(local) == sa_pool._BY_VALUE
+    shadow = types_copy(square)                  # same name, another object
+    shadow.__qualname__ = square.__qualname__
+    shadow.__module__ = square.__module__
+    assert sa_pool._how_to_send(shadow) == sa_pool._BY_VALUE
+
+
+def types_copy(fn: Callable) -> Callable:
+    import types
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__)

@@ -19,9 +19,12 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "ext.h"
 
 #define KIND_SHM 0
 #define KIND_FILE 1
@@ -45,6 +48,7 @@ typedef struct {
     Py_ssize_t size;      /* bytes mapped */
     PyObject *name;       /* the user-facing name, as given */
     int readonly;
+    int fd;               /* -1, or kept open holding a shared flock (attach lock=True) */
     Py_ssize_t exports;   /* live buffer exports */
     PyObject *meta;       /* what Python knows of the contents (header) */
     PyObject *weakreflist;
@@ -96,6 +100,10 @@ Segment_dealloc(Segment *self)
     }
     unmap(self->addr, self->size);
     self->addr = NULL;
+    if (self->fd >= 0) {
+        close(self->fd);      /* releases the shared lock: nothing maps it here */
+        self->fd = -1;
+    }
     Py_CLEAR(self->name);
     Py_CLEAR(self->meta);
     tp->tp_free((PyObject *)self);
@@ -120,6 +128,7 @@ segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
     self->addr = NULL;
     self->size = 0;
     self->exports = 0;
+    self->fd = -1;
     self->weakreflist = NULL;
     self->meta = NULL;
     self->readonly = readonly;
@@ -742,11 +751,28 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
     return PyBytes_FromStringAndSize((const char *)p + start, end - start);
 }
 
+/* Take a shared flock on fd, waiting while another process holds it
+ * exclusively.  Returns 0 or an errno value. */
+static int
+lock_shared(int fd)
+{
+    while (flock(fd, LOCK_SH) < 0) {
+        if (errno != EINTR) {
+            return errno;
+        }
+    }
+    return 0;
+}
+
 /* open + fstat + mmap + close.  Called without the GIL.  Returns the mapping
- * or MAP_FAILED with *err set (0 and *kind_err set for "not a regular file"). */
+ * or MAP_FAILED with *err set (0 and *kind_err set for "not a regular file").
+ * With `lockfd`, the fd is not closed but returned there holding a shared
+ * flock, taken before the header is read: a process that rewrites the
+ * object in place takes the lock exclusively first, so it can do so only
+ * while nobody maps it. */
 static void *
 map_existing(const char *path, int kind, int readonly, int populate,
-             Py_ssize_t *size, int *err)
+             Py_ssize_t *size, int *err, int *lockfd)
 {
     struct stat st;
     void *addr = MAP_FAILED;
@@ -757,6 +783,9 @@ map_existing(const char *path, int kind, int readonly, int populate,
     if (fd < 0) {
         *err = errno;
         return MAP_FAILED;
+    }
+    if (lockfd != NULL && (*err = lock_shared(fd)) != 0) {
+        goto cleanup;
     }
     if (fstat(fd, &st) < 0) {
         *err = errno;
@@ -772,22 +801,27 @@ map_existing(const char *path, int kind, int readonly, int populate,
     if (addr == MAP_FAILED) {
         *err = errno;
     }
+    else if (lockfd != NULL) {
+        *lockfd = fd;
+        return addr;
+    }
 cleanup:
     close(fd);
     return addr;
 }
 
-/* attach(name, path, kind, readonly, populate=False): positional only and
- * parsed by hand, because attach is the hot path of every handle. */
+/* attach(name, path, kind, readonly, populate=False, lock=False): positional
+ * only and parsed by hand, because attach is the hot path of every handle. */
 static int
 attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
-            const char **path, int *kind, int *readonly, int *populate)
+            const char **path, int *kind, int *readonly, int *populate,
+            int *lock)
 {
     Py_ssize_t path_len;
     long kind_value;
-    if (nargs < 4 || nargs > 5) {
+    if (nargs < 4 || nargs > 6) {
         PyErr_Format(PyExc_TypeError,
-                     "attach() takes 4 or 5 positional arguments (%zd given)", nargs);
+                     "attach() takes 4 to 6 positional arguments (%zd given)", nargs);
         return -1;
     }
     if (!PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1])) {
@@ -813,8 +847,9 @@ attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
     }
     *kind = (int)kind_value;
     *readonly = PyObject_IsTrue(args[3]);
-    *populate = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
-    return *readonly < 0 || *populate < 0 ? -1 : 0;
+    *populate = nargs >= 5 ? PyObject_IsTrue(args[4]) : 0;
+    *lock = nargs >= 6 ? PyObject_IsTrue(args[5]) : 0;
+    return *readonly < 0 || *populate < 0 || *lock < 0 ? -1 : 0;
 }
 
 static PyObject *
@@ -822,13 +857,14 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *name;
     const char *path;
-    int kind, readonly, populate, err = 0, version = 0;
+    int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
     Py_ssize_t size = 0, data_offset = 0;
     void *addr;
     Segment *seg = NULL;
     PyObject *header = NULL, *result = NULL;
 
-    if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate) < 0) {
+    if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate,
+                    &lock) < 0) {
         return NULL;
     }
     seg = segment_alloc(get_state(module)->segment_type, name, readonly);
@@ -836,7 +872,8 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    addr = map_existing(path, kind, readonly, populate, &size, &err);
+    addr = map_existing(path, kind, readonly, populate, &size, &err,
+                        lock ? &fd : NULL);
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
         if (err != 0) {
@@ -852,6 +889,7 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     seg->addr = addr;
     seg->size = size;
+    seg->fd = fd;
     header = parse_preamble(addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
@@ -943,6 +981,13 @@ static PyMethodDef ext_methods[] = {
     {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
     {"address", ext_address, METH_O, "Address of an exporter's first element."},
     {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
+    {"watch_parent", ext_watch_parent, METH_VARARGS,
+     "watch_parent(pid, start_time)\n--\n\nEnd this process (_exit) when "
+     "process pid, started at start_time, dies; a native thread watches."},
+    {"start_time", ext_start_time, METH_O,
+     "start_time(pid)\n--\n\nThe start time of pid (clock ticks since boot); 0 if unknown."},
+    {"same_bytes", ext_same_bytes, METH_VARARGS,
+     "same_bytes(a, b)\n--\n\nWhether two contiguous buffers hold the same bytes."},
     {NULL, NULL, 0, NULL},
 };
 
