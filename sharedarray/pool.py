@@ -66,7 +66,7 @@ from typing import Any, Callable
 import cloudpickle
 import numpy as np
 
-from . import _ext
+from . import _names
 from .core import SHM_DIR, Segment, ndarray, refill_segment, view
 from .reduction import (_cache, _remember, attach_owned, own, rebuild_ndarray,
                         reduce_ndarray, share_segment)
@@ -281,19 +281,7 @@ def _load_call(payload: bytes) -> _LoadedCall:
 
 # ---------------------------------------------------------------- parent
 
-def _discard(name: str) -> None:
-    """Unlink a temporary and drop it from the tracker."""
-    try:
-        _ext.unlink(name, "/" + name, _ext.KIND_SHM)
-    except OSError:
-        pass
-    try:
-        resource_tracker.unregister("/" + name, "shared_memory")
-    except Exception:
-        pass
-
-
-_warned = threading.local()
+_discard = _names.discard
 
 
 def _warn_fallback(arr: np.ndarray, exc: OSError) -> None:
@@ -354,7 +342,7 @@ class _PoolState:
     def __init__(self, threshold: int | None) -> None:
         self.threshold = threshold
         self.pid = os.getpid()
-        self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}"
+        self.prefix = f"{_names.generated_prefix(self.pid)}{random.getrandbits(16):04x}"
         self.lock = threading.Lock()
         self.leases: dict[int, _Lease] = {}
         self.parked: list[_Lease] = []   # unused, kept until the next task is pickled

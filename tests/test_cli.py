@@ -188,7 +188,7 @@ def test_list_reused_pid_counts_as_dead() -> None:
         fd = os.open(SHM / name, os.O_RDWR)
         try:
             head = os.pread(fd, 4096, 0)
-            m = re.search(rb"#sharedarray:1:[0-9a-f]{16}:%d:[0-9a-f]{32}:(\d{13}):"
+            m = re.search(rb"#sharedarray:2:[0-9a-f]{16}:%d:[0-9a-f]{32}:(\d{13}):"
                           % os.getpid(), head)
             assert m, head[:300]
             os.pwrite(fd, b"1000000000000", m.start(1))
@@ -466,7 +466,14 @@ def test_gc_everything_in_private_shm() -> None:
         create_segment(f"sa-{{dead}}-ba9876543210", (2, 2), "u1", temporary=True,
                        owner=dead)
         open(f"/dev/shm/sa-{{dead}}-ffffffffffff", "wb").write(b"foreign")
-        open(f"/dev/shm/.sa-tmp-{{dead}}-0123456789abcdef", "wb").write(b"x")
+        # A staging file left by a create killed before its data was in: the
+        # header (written first) carries the token of the name.
+        from sharedarray import _header
+        head = _header.encode(_header.header_dict(np.dtype("f8"), (1000,), False),
+                              _header.comment("0123456789abcdef", dead, False))
+        open(f"/dev/shm/.sa-tmp-{{dead}}-0123456789abcdef", "wb").write(head)
+        # Named like one, but without such a header: not ours to remove.
+        open(f"/dev/shm/.sa-tmp-{{dead}}-fedcba9876543210", "wb").write(b"x")
         open(f"/dev/shm/.sa-tmp-{{os.getpid()}}-0123456789abcdef", "wb").write(b"x")
         open("/dev/shm/other", "wb").write(b"foreign")
         gc = [sys.executable, "-m", "sharedarray", "gc"]
