@@ -98,9 +98,10 @@ def mapping_perms(addr: int) -> str:
 
 
 def header_length(path: str) -> int:
+    from sharedarray._header import read_preamble
     with open(path, "rb") as f:
         pre = f.read(12)
-    return int.from_bytes(pre[8:10] if pre[6] == 1 else pre[8:12], "little")
+    return read_preamble(pre, os.path.getsize(path), path)[2]
 
 
 def safe_delete(name: str) -> None:
