@@ -27,15 +27,14 @@ from typing import Any, Callable, Sequence
 
 import sharedarray as sa
 
+from . import _names
+from .core import read_meta
+
 __all__ = ["main", "build_parser", "format_size", "format_age", "parse_size",
            "pid_alive"]
 
 PROG = "sharedarray"
-SHM_DIR = "/dev/shm"
-
-# What a staging file of an interrupted create() looks like (the C core's
-# fallback when O_TMPFILE is unavailable): ".sa-tmp-<creator pid>-<token>".
-_STAGING_RE = re.compile(r"\.sa-tmp-(\d+)-[0-9a-f]{16}\Z")
+SHM_DIR = _names.SHM_DIR
 
 # A process that started after an array was created cannot be its creator:
 # the creator died and its pid was reused (pid_max is often only 32768).
@@ -187,6 +186,14 @@ def pid_alive(pid: int, since: float | None = None) -> bool | None:
     return True
 
 
+def _creator_alive(pid: int, created: float, pid_ns: int) -> bool | None:
+    """:func:`pid_alive` for a creator recorded in a header; None (unknown)
+    when it ran in another pid namespace, where its pid means nothing here."""
+    if pid_ns and _names.PID_NS and pid_ns != _names.PID_NS:
+        return None
+    return pid_alive(pid, created)
+
+
 def _alive_word(alive: bool | None) -> str:
     return "-" if alive is None else ("yes" if alive else "no")
 
@@ -202,13 +209,6 @@ def _name_arg(text: str) -> str:
     except OSError:
         pass                     # a valid name; the command reports the problem
     return text
-
-
-def _path_of(segment_name: str) -> str:
-    """The file-system path of a segment, from its canonical name."""
-    if segment_name.startswith("file://"):
-        return segment_name[len("file://"):]
-    return f"{SHM_DIR}/{segment_name}"
 
 
 def _describe_error(name: str, exc: BaseException) -> str:
@@ -232,7 +232,7 @@ def _json_dump(obj: Any) -> None:
 # ---------------------------------------------------------------- list
 
 def _info_record(info: sa.ArrayInfo, now: float) -> dict[str, Any]:
-    alive = pid_alive(info.pid, info.created)
+    alive = _creator_alive(info.pid, info.created, info.pid_ns)
     return {
         "name": info.name,
         "dtype": str(info.dtype),
@@ -309,7 +309,7 @@ def _info(name: str) -> dict[str, Any]:
     arr = sa.attach(name, ro=True)
     seg = arr.segment
     meta = seg.meta
-    path = _path_of(seg.name)
+    path = _names.fs_path(seg.name)
     st = os.stat(path)
     ours = meta.token is not None
     rec: dict[str, Any] = {
@@ -337,10 +337,12 @@ def _info(name: str) -> dict[str, Any]:
             "created": meta.created,
             "age": round(max(0.0, time.time() - meta.created), 3),
             "pid": meta.pid,
-            "alive": pid_alive(meta.pid, meta.created),
+            "alive": _creator_alive(meta.pid, meta.created, meta.pid_ns),
             "temporary": meta.temporary,
             "token": meta.token,
             "boot_id": meta.boot,
+            "pid_namespace": meta.pid_ns,
+            "shm_device": meta.shm_dev,
         })
     return rec
 
@@ -375,6 +377,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if rec["made_by_sharedarray"]:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["created"]))
         state = {True: "alive", False: "dead", None: "unknown"}[rec["alive"]]
+        if rec["pid_namespace"] and rec["pid_namespace"] != _names.PID_NS:
+            state += ", in another pid namespace"
         lines += [
             ("created", f"{created} ({format_age(rec['age'])} ago)"),
             ("creator", f"pid {rec['pid']} ({state})"),
@@ -418,8 +422,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- gc
 
+def _other_pid_ns(pid_ns: int) -> bool:
+    return bool(pid_ns) and bool(_names.PID_NS) and pid_ns != _names.PID_NS
+
+
 def _gc_candidates(names: set[str] | None) -> tuple[list[tuple[str, str]], list[str]]:
-    """What gc would remove: [(name, description)], plus notes on named arrays."""
+    """What gc would remove: [(name, description)], plus notes on what it kept.
+
+    Only what a header marks as ours is collected: temporaries (the header's
+    flag), and staging files whose header carries the token their name
+    does.  A creator in another pid namespace (another container sharing
+    this /dev/shm) is never judged: its pid means nothing here.
+    """
     now = time.time()
     found: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -431,6 +445,11 @@ def _gc_candidates(names: set[str] | None) -> tuple[list[tuple[str, str]], list[
         if not info.temporary:
             if names is not None:
                 notes.append(f"kept {info.name!r}: not a temporary")
+            continue
+        if _other_pid_ns(info.pid_ns):
+            notes.append(f"skipped {info.name!r}: its creator (pid {info.pid}) "
+                         f"runs in another pid namespace (another container?), "
+                         f"where gc cannot tell whether it is alive")
             continue
         if pid_alive(info.pid, info.created) is not False:
             if names is not None:
@@ -445,12 +464,23 @@ def _gc_candidates(names: set[str] | None) -> tuple[list[tuple[str, str]], list[
     except OSError:
         entries = []
     for entry in entries:
-        m = _STAGING_RE.match(entry)
-        if not m or (names is not None and entry not in names):
+        m = _names.STAGING_RE.match(entry)
+        if not m or (names is not None and entry not in names) or entry in seen:
             continue
         seen.add(entry)
+        path = f"{SHM_DIR}/{entry}"
+        meta = read_meta(path, entry, complete=False)
+        if meta is None or meta.token != m.group(2):
+            # Not a staging file of ours: the header written first would
+            # carry the token of the name.
+            if names is not None:
+                notes.append(f"kept {entry!r}: not a staging file of sharedarray")
+            continue
+        if _other_pid_ns(meta.pid_ns):
+            notes.append(f"skipped {entry!r}: made in another pid namespace")
+            continue
         try:
-            st = os.lstat(f"{SHM_DIR}/{entry}")
+            st = os.lstat(path)
         except OSError:
             continue
         pid = int(m.group(1))
@@ -479,7 +509,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             count += 1
             continue
         try:
-            if _STAGING_RE.match(name):
+            if _names.STAGING_RE.match(name):
                 os.unlink(f"{SHM_DIR}/{name}")
             else:
                 sa.delete(name)
@@ -567,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
              "e.g. after a crash that also took the resource tracker.  Named "
              "arrays (create(), from_array()) and files that sharedarray did "
              "not make are never touched.  Processes are looked up in this "
-             "pid namespace.")
+             "pid namespace; temporaries made in another one (another "
+             "container sharing this /dev/shm) are skipped, and said so.")
     sp.add_argument("names", metavar="NAME", nargs="*",
                     help="consider only these names (default: all of /dev/shm)")
     sp.add_argument("-n", "--dry-run", action="store_true",

@@ -11,7 +11,7 @@ Every segment is a valid ``.npy`` file::
     +--------------------------------------------+  offset 0
     | \\x93NUMPY, version, header length          |
     | {'descr': ..., 'fortran_order': ..., ...}  |
-    | #sharedarray:1:<token>:<pid>:<boot>:...    |  a Python comment: np.load
+    | #sharedarray:2:<token>:<pid>:<boot>:...    |  a Python comment: np.load
     | spaces ... '\\n'                            |  ignores it
     +--------------------------------------------+  4096 (or a multiple)
     | data                                       |
@@ -19,26 +19,27 @@ Every segment is a valid ``.npy`` file::
 
 so ``np.load('/dev/shm/NAME')`` reads it.  The comment carries a random token
 that identifies this very segment (a name deleted and created again gets a new
-one), the owner's pid, the boot id and the creation time.
+one), the owner's pid and pid namespace, the boot id, the ``/dev/shm`` it was
+made in and the creation time (the codec: :mod:`sharedarray._header`).
 """
 
 from __future__ import annotations
 
-import ast
 import errno
 import fcntl
 import operator
 import os
 import random
-import re
 import sys
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _ext
+from . import _ext, _header, _names
 from ._ext import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Segment
+from ._header import Meta
+from ._names import SHM_DIR
 
 __all__ = [
     "ndarray", "create", "attach", "delete", "exists", "from_array", "list",
@@ -46,29 +47,7 @@ __all__ = [
 ]
 
 _builtin_list = list
-
-SHM_DIR = "/dev/shm"
-_ALIGN = 4096                      # data starts on a page boundary
-_NAME_MAX = 255                    # Linux NAME_MAX for one path component
-_GENERATED_PREFIX = "sa-"          # names made by share() and the executor
-_MAX_GENERATED_NAME = 30           # macOS: 31 including the leading '/'
-_MAX_HEADER = 1 << 20              # refuse absurd headers instead of parsing them
-_MAXDIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
-_META_RE = re.compile(
-    rb"#sharedarray:1:([0-9a-f]{16}):(\d+):([0-9a-f]{32}):(\d+):([01])$")
-
-FLAG_TEMPORARY = 1
-
-
-def _read_boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip().replace("-", "")
-    except OSError:  # not Linux: best effort, stable for this boot
-        return format(int(time.time() - time.monotonic()), "032x")
-
-
-BOOT_ID: str = _read_boot_id()
+_NUMPY2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
 class ArrayInfo(NamedTuple):
@@ -82,103 +61,12 @@ class ArrayInfo(NamedTuple):
     created: float
     temporary: bool
     token: str
+    pid_ns: int = 0       # the creator's pid namespace (0: unknown)
 
     @property
     def dims(self) -> tuple:
         """The shape (the name the old SharedArray library used)."""
         return self.shape
-
-
-class Meta(NamedTuple):
-    """What a segment's header says; stored on ``Segment.meta``."""
-
-    dtype: np.dtype
-    shape: tuple
-    fortran: bool
-    offset: int           # where the data starts
-    nbytes: int
-    token: str | None     # None for a .npy this library did not write
-    pid: int
-    boot: str | None
-    created: float
-    temporary: bool
-
-
-# ---------------------------------------------------------------- names
-
-class _Path(NamedTuple):
-    kind: int
-    canon: str     # one spelling per object: "x" for shm://x, file:///abs/path
-    path: str      # what the C core opens: "/name" for shm, a path for files
-    fspath: str    # the same object as a file-system path (Linux)
-    dir: str
-
-
-_path_cache: dict[str, _Path] = {}
-
-
-def _parse_name(name: Any) -> _Path:
-    """Map a user name to where it lives; ``ValueError`` names the rule broken."""
-    try:
-        return _path_cache[name]
-    except (KeyError, TypeError):
-        pass
-    if not isinstance(name, str):
-        raise TypeError(f"array names are str, not {type(name).__name__}")
-    if "\0" in name:
-        raise ValueError(f"invalid name {name!r}: it contains a NUL byte")
-    if name.startswith("file://"):
-        path = name[len("file://"):]
-        if not path:
-            raise ValueError(f"invalid name {name!r}: file:// needs a path")
-        path = os.path.abspath(path)
-        parsed = _Path(_ext.KIND_FILE, "file://" + path, path, path,
-                       os.path.dirname(path))
-    else:
-        if "://" in name:
-            scheme = name.split("://", 1)[0]
-            if scheme != "shm":
-                raise ValueError(f"invalid name {name!r}: unknown scheme "
-                                 f"{scheme!r} (use shm:// or file://)")
-            base = name[len("shm://"):]
-        else:
-            base = name
-        if not base:
-            raise ValueError(f"invalid name {name!r}: it is empty")
-        if "/" in base:
-            raise ValueError(f"invalid name {name!r}: shared memory names "
-                             f"cannot contain '/' (use file:// for paths)")
-        if base in (".", ".."):
-            raise ValueError(f"invalid name {name!r}: '.' and '..' are not names")
-        if len(base.encode()) > _NAME_MAX:
-            raise ValueError(f"invalid name {name!r}: longer than {_NAME_MAX} bytes")
-        parsed = _Path(_ext.KIND_SHM, base, "/" + base, SHM_DIR + "/" + base, SHM_DIR)
-    if len(_path_cache) > 4096:
-        _path_cache.clear()
-    _path_cache[name] = parsed
-    return parsed
-
-
-_REFILLABLE_SUFFIX = "-r"         # temporaries that may be rewritten in place
-
-
-def generate_name(pid: int | None = None, refillable: bool = False) -> str:
-    """A fresh name for a temporary: prefix, owner pid, random token.
-
-    ``refillable`` names mark the executor's input copies, the only
-    segments ever rewritten in place (see :func:`lock_exclusive`): every
-    process that maps one holds a shared lock on it.
-    """
-    name = f"{_GENERATED_PREFIX}{os.getpid() if pid is None else pid}-{random.getrandbits(48):012x}"
-    if refillable:
-        name += _REFILLABLE_SUFFIX
-    assert len(name) <= _MAX_GENERATED_NAME
-    return name
-
-
-def _refillable(p: _Path) -> bool:
-    return (p.kind == _ext.KIND_SHM and p.canon.startswith(_GENERATED_PREFIX)
-            and p.canon.endswith(_REFILLABLE_SUFFIX))
 
 
 def lock_exclusive(name: str) -> int | None:
@@ -191,8 +79,8 @@ def lock_exclusive(name: str) -> int | None:
     can start to: the kernel, not a count, says the contents are unused.
     Close the fd to release it.
     """
-    p = _parse_name(name)
-    if not _refillable(p):
+    p = _names.parse(name)
+    if not _names.is_refillable(p):
         raise ValueError(f"{name!r} is not a refillable temporary")
     try:
         fd = os.open(p.fspath, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -225,90 +113,27 @@ def _layout(shape: Any, dtype: Any, order: str) -> tuple[np.dtype, tuple, bool]:
     if dt.subdtype is not None:          # ('f8', (2, 3)) appends its shape
         shape = shape + dt.shape
         dt = dt.base
-    if len(shape) > _MAXDIMS:
+    if len(shape) > _header.MAXDIMS:
         raise ValueError(f"{len(shape)} dimensions is more than numpy allows")
     if order not in ("C", "F"):
         raise ValueError(f"order must be 'C' or 'F', not {order!r}")
     return dt, shape, order == "F"
 
 
-def _header_dict(dt: np.dtype, shape: tuple, fortran: bool) -> str:
-    """The header's dict, as numpy writes it."""
-    return ("{'descr': %r, 'fortran_order': %r, 'shape': %r, } "
-            % (np.lib.format.dtype_to_descr(dt), fortran, shape))
+def _check_mode(mode: Any) -> int:
+    """Permission bits: an int in 0..0o777 (no setuid, setgid or sticky bit)."""
+    if type(mode) is bool or not isinstance(mode, (int, np.integer)):
+        raise ValueError(f"mode must be an int of permission bits (0..0o777), "
+                         f"not {mode!r}")
+    mode = int(mode)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode {mode:#o} is outside 0..0o777: only permission "
+                         f"bits are allowed")
+    return mode
 
 
-def _encode_header(head: str, meta: str) -> bytes:
-    """The .npy preamble + header, padded so that data starts on a page."""
-    text = head + meta
-    try:
-        body = text.encode("latin1")
-        version = 1
-    except UnicodeEncodeError:
-        body = text.encode("utf8")
-        version = 3
-    pre = 10 if version == 1 else 12
-    total = -(-(pre + len(body) + 1) // _ALIGN) * _ALIGN
-    if version == 1 and total - 10 > 0xFFFF:
-        version, pre = 2, 12
-    hlen = total - pre
-    body = body + b" " * (hlen - len(body) - 1) + b"\n"
-    size = hlen.to_bytes(2 if version == 1 else 4, "little")
-    return b"\x93NUMPY" + bytes([version, 0]) + size + body
-
-
-def _meta_comment(token: str, pid: int, temporary: bool) -> str:
-    return "#sharedarray:1:%s:%d:%s:%d:%d" % (
-        token, pid, BOOT_ID, int(time.time() * 1000), int(temporary))
-
-
-_header_cache: dict[bytes, Meta] = {}
 # create()'s (shape, dtype, order) -> normalised layout and header dict text
 _layout_cache: dict[tuple, tuple] = {}
-
-
-def parse_header(text: bytes, data_offset: int, name: str, version: int = 1) -> Meta:
-    """Validate a header's text; ``ValueError`` for anything malformed."""
-    meta = _header_cache.get(text)
-    if meta is not None and meta.offset == data_offset:
-        return meta
-    if len(text) > _MAX_HEADER:
-        raise ValueError(f"{name!r}: .npy header of {len(text)} bytes is too large")
-    try:
-        d = ast.literal_eval(text.decode("utf8" if version >= 3 else "latin1"))
-    except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError
-        raise ValueError(f"{name!r}: corrupt .npy header ({type(exc).__name__})") from None
-    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
-        raise ValueError(f"{name!r}: .npy header lacks descr/fortran_order/shape")
-    shape, fortran = d["shape"], d["fortran_order"]
-    if (not isinstance(shape, tuple)
-            or not all(type(n) is int and n >= 0 for n in shape)):
-        raise ValueError(f"{name!r}: bad shape {shape!r} in .npy header")
-    if not isinstance(fortran, bool):
-        raise ValueError(f"{name!r}: bad fortran_order {fortran!r} in .npy header")
-    try:
-        dt = np.lib.format.descr_to_dtype(d["descr"])
-    except Exception as exc:
-        raise ValueError(f"{name!r}: bad dtype in .npy header: {exc}") from None
-    if dt.hasobject:
-        raise ValueError(f"{name!r}: dtype {dt} holds Python objects; "
-                         f"it cannot be mapped")
-    if len(shape) > _MAXDIMS:
-        raise ValueError(f"{name!r}: {len(shape)} dimensions in .npy header")
-    nbytes = dt.itemsize
-    for n in shape:
-        nbytes *= n
-    m = _META_RE.search(text)
-    if m:
-        token, pid, boot, ms, flags = m.groups()
-        meta = Meta(dt, shape, fortran, data_offset, nbytes, token.decode(),
-                    int(pid), boot.decode(), int(ms) / 1000, flags == b"1")
-    else:
-        meta = Meta(dt, shape, fortran, data_offset, nbytes, None, 0, None, 0.0, False)
-    if len(_header_cache) > 1024:
-        _header_cache.clear()
-    _header_cache[text] = meta
-    return meta
 
 
 # ---------------------------------------------------------------- ndarray
@@ -332,6 +157,11 @@ class ndarray(np.ndarray):
         if return_scalar:
             return obj[()]
         if segment_of(obj) is None:        # new memory: a plain array
+            if not _NUMPY2 and obj.ndim == 0:
+                # numpy 1.x has no return_scalar and would hand back a 0-d
+                # array; plain numpy 1.x gives a scalar there (reductions,
+                # ufuncs of 0-d arrays), and so do we.
+                return obj[()]
             return obj if type(obj) is np.ndarray else obj.view(np.ndarray)
         return obj if type(obj) is ndarray else obj.view(ndarray)
 
@@ -447,15 +277,20 @@ def wrap(seg: Segment, writeable: bool = True) -> ndarray:
 
 # ---------------------------------------------------------------- create / attach
 
-def _no_space(exc: OSError, name: str, p: _Path, size: int) -> OSError:
+def _no_space(exc: OSError, name: str, p: _names.Path, size: int,
+              temporary: bool = False) -> OSError:
     try:
         st = os.statvfs(p.dir)
         free = st.f_bavail * st.f_frsize
         where = f"{p.dir} has {free:,} bytes free"
     except OSError:
         where = f"{p.dir} is full"
-    hint = ("mount a larger /dev/shm (docker run --shm-size=...) or use a file:// name"
-            if p.kind == _ext.KIND_SHM else "free space on that file system")
+    if p.kind != _ext.KIND_SHM:
+        hint = "free space on that file system"
+    elif temporary:      # share() and the executor cannot take a file:// name
+        hint = "mount a larger /dev/shm (docker run --shm-size=...)"
+    else:
+        hint = "mount a larger /dev/shm (docker run --shm-size=...) or use a file:// name"
     return OSError(errno.ENOSPC, f"cannot create {name!r}: the array needs "
                    f"{size:,} bytes but {where}; {hint}", name)
 
@@ -487,7 +322,8 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     segment's order; it is copied in before the name appears, so no other
     process can attach the array before it holds its contents.
     """
-    p = _parse_name(name)
+    p = _names.parse(name)
+    mode = _check_mode(mode)
     key = (shape, dtype, order)
     try:
         dt, shape, fortran, nbytes, head = _layout_cache[key]
@@ -496,7 +332,7 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
         nbytes = dt.itemsize
         for n in shape:
             nbytes *= n
-        head = _header_dict(dt, shape, fortran)
+        head = _header.header_dict(dt, shape, fortran)
         # Structured dtypes compare equal across align/metadata: not cached.
         if dt.names is None and dt.metadata is None and not isinstance(dtype, np.dtype):
             try:
@@ -507,11 +343,12 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
                 pass
     token = "%016x" % random.getrandbits(64)
     pid = os.getpid() if owner is None else owner
-    header = _encode_header(head, _meta_comment(token, pid, temporary))
+    header = _header.encode(head, _header.comment(token, pid, temporary,
+                                                  _header.aligned_flags(dt)), name)
     size = len(header) + nbytes
     if size > sys.maxsize:
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
-    tmp = f"{p.dir}/.sa-tmp-{os.getpid()}-{token}"
+    tmp = _names.staging_path(p.dir, token)
     try:
         # Pre-fault shm pages (fallocate already allocated them); never a
         # file on disk, where populating would read the whole file in.
@@ -520,10 +357,11 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
                           p.fspath, p.dir, tmp, data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise _no_space(exc, name, p, size) from None
+            raise _no_space(exc, name, p, size, temporary) from None
         raise
-    seg.meta = Meta(dt, shape, fortran, len(header), nbytes, token, pid, BOOT_ID,
-                    time.time(), temporary)
+    seg.meta = Meta(dt, shape, fortran, len(header), nbytes, token, pid,
+                    _names.BOOT_ID, time.time(), temporary, _names.SHM_DEV,
+                    _names.PID_NS)
     return seg
 
 
@@ -542,8 +380,13 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
     if seg.readonly or seg.meta is None or dt.hasobject:
         return False
     token = "%016x" % random.getrandbits(64)
-    header = _encode_header(_header_dict(dt, shape, fortran),
-                            _meta_comment(token, seg.meta.pid, True))
+    try:
+        header = _header.encode(_header.header_dict(dt, shape, fortran),
+                                _header.comment(token, seg.meta.pid, True,
+                                                _header.aligned_flags(dt)),
+                                seg.name)
+    except ValueError:
+        return False
     if len(header) + src.nbytes != seg.size:
         return False
     # The new header first: from now on, a handle to the old contents
@@ -556,16 +399,39 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
         seg.populate()
     np.copyto(view(seg, len(header), shape, None, dt, fortran), src, casting="no")
     seg.meta = Meta(dt, shape, fortran, len(header), src.nbytes, token,
-                    seg.meta.pid, BOOT_ID, time.time(), True)
+                    seg.meta.pid, _names.BOOT_ID, time.time(), True,
+                    _names.SHM_DEV, _names.PID_NS)
     return True
 
 
 def attach_segment(name: str, ro: bool = False) -> Segment:
     """Map an existing segment and validate its header (behind :func:`attach`)."""
-    p = _parse_name(name)
-    seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
-                                             _refillable(p))
-    meta = parse_header(text, offset, name, version)
+    p = _names.parse(name)
+    try:
+        seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
+                                                 _names.is_refillable(p))
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EISDIR) and os.path.isdir(p.fspath):
+            # shm_open reports a directory as EINVAL
+            raise IsADirectoryError(errno.EISDIR, f"{name!r} is a directory, "
+                                    f"not an array", name) from None
+        raise
+    return _checked(seg, text, offset, version, name)
+
+
+def attach_fd_segment(name: str, fd: int, ro: bool = False) -> Segment:
+    """Map the object behind the open ``fd`` (its name may be gone) and
+    validate its header; ``name`` is its canonical name.  ``fd`` stays open.
+    A refillable temporary's mapping holds a shared flock, as with
+    :func:`attach_segment`."""
+    seg, text, offset, version = _ext.attach_fd(name, fd, ro,
+                                                _names.is_refillable(_names.parse(name)))
+    return _checked(seg, text, offset, version, name)
+
+
+def _checked(seg: Segment, text: bytes, offset: int, version: int,
+             name: str) -> Segment:
+    meta = _header.decode(text, offset, name, version)
     if offset + meta.nbytes > seg.size:
         raise ValueError(f"{name!r} is truncated or corrupt: its header describes "
                          f"{meta.nbytes:,} bytes of data at offset {offset} but the "
@@ -630,13 +496,13 @@ def attach(name: str, ro: bool = False) -> ndarray:
 
 def delete(name: str) -> None:
     """Remove a name.  Attached arrays stay valid; ``FileNotFoundError`` if absent."""
-    p = _parse_name(name)
+    p = _names.parse(name)
     _ext.unlink(name, p.path, p.kind)
 
 
 def exists(name: str) -> bool:
     """Whether ``name`` exists (whatever it holds)."""
-    p = _parse_name(name)
+    p = _names.parse(name)
     try:
         _ext.stat(name, p.path, p.kind)
     except FileNotFoundError:
@@ -655,34 +521,35 @@ def from_array(name: str, array: Any, *, mode: int = 0o600) -> ndarray:
                                data=data))
 
 
-def _read_info(path: str, name: str) -> ArrayInfo | None:
-    """An :class:`ArrayInfo` if ``path`` holds an array this library made."""
+def read_meta(path: str, name: str, complete: bool = True) -> Meta | None:
+    """What the header of the object at ``path`` says, if it is an array
+    this library made (None otherwise: foreign, corrupt, unreadable, or -
+    unless ``complete`` is False - shorter than its header says)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        pre = os.pread(fd, 12, 0)
-        if len(pre) < 10 or pre[:6] != b"\x93NUMPY" or pre[6] not in (1, 2, 3):
-            return None
-        n = 2 if pre[6] == 1 else 4
-        hlen = int.from_bytes(pre[8:8 + n], "little")
-        if hlen > _MAX_HEADER:
-            return None
-        text = os.pread(fd, hlen, 8 + n).rstrip(b" \n\0")
         size = os.fstat(fd).st_size
-    except OSError:
+        version, start, hlen = _header.read_preamble(os.pread(fd, 12, 0), size, name)
+        text = os.pread(fd, hlen, start)
+        m = _header.decode(text.rstrip(b" \n\0"), start + hlen, name, version)
+    except (OSError, ValueError):
         return None
     finally:
         os.close(fd)
-    try:
-        m = parse_header(text, 8 + n + hlen, name, pre[6])
-    except ValueError:
+    if m.token is None or (complete and m.offset + m.nbytes > size):
         return None
-    if m.token is None or m.offset + m.nbytes > size:
+    return m
+
+
+def _read_info(path: str, name: str) -> ArrayInfo | None:
+    """An :class:`ArrayInfo` if ``path`` holds an array this library made."""
+    m = read_meta(path, name)
+    if m is None or m.token is None:
         return None
     return ArrayInfo(name, m.dtype, m.shape, m.nbytes, m.pid, m.created,
-                     m.temporary, m.token)
+                     m.temporary, m.token, m.pid_ns)
 
 
 def list() -> _builtin_list[ArrayInfo]:  # noqa: A001 - the old library's name

@@ -74,11 +74,12 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 import numpy as np
 
-from . import _ext
-from .core import (SHM_DIR, Segment, lock_exclusive, ndarray, refill_segment,
-                   segment_of, view, wrap)
-from .reduction import (_cache, attach_owned, discard, handle_of, owned_here,
-                        own, rebuild_ndarray, share_segment)
+from . import _ext, _names
+from ._names import SHM_DIR, discard
+from .core import (Segment, lock_exclusive, ndarray, refill_segment, segment_of,
+                   view, wrap)
+from .reduction import (_cache, attach_owned, handle_of, owned_here, own,
+                        rebuild_ndarray, reduce_ndarray, share_segment)
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -248,10 +249,17 @@ _forking_table: Any = None
 
 
 def _dispatch_table() -> Any:
-    """copyreg's table plus multiprocessing's reducers, built once per process."""
+    """copyreg's table plus multiprocessing's reducers, built once per process.
+
+    Shared arrays keep copyreg's plain handle: the executor keeps a task's
+    arguments alive until the task is done and owns what workers return, so
+    it needs none of the descriptor passing that multiprocessing's queues
+    use to keep temporaries alive in flight."""
     global _forking_table
     if _forking_table is None:
-        _forking_table = ForkingPickler(io.BytesIO()).dispatch_table
+        table = ForkingPickler(io.BytesIO()).dispatch_table.copy()
+        table[ndarray] = reduce_ndarray
+        _forking_table = table
     return _forking_table
 
 
@@ -270,7 +278,9 @@ class _ResultPickler(pickle.Pickler):
         if t is ndarray:
             seg = segment_of(obj)
             if seg is None or not owned_here(seg):
-                return NotImplemented     # a handle: the memory outlives us
+                # A handle: the memory outlives us.
+                rv = reduce_ndarray(obj)
+                return (_rebuild_in_parent, rv[1]) if rv[0] is rebuild_ndarray else rv
             # Ours: the name goes when our last array on it goes, maybe
             # before the parent attaches.  Send a copy the parent owns.
             if _is_big(obj, _config.threshold) and not self.full:
@@ -291,7 +301,7 @@ class _ResultPickler(pickle.Pickler):
             self.full = True
             return np.asarray, (obj.view(np.ndarray),)
         self.created.append(seg)
-        return attach_owned, handle_of(wrap(seg), remember=False)
+        return _adopt_in_parent, handle_of(wrap(seg), remember=False)
 
 
 class _Result:
@@ -314,8 +324,26 @@ class _Result:
         return _load_result, (buf.getvalue(),)
 
 
+class _HandleLost(Exception):
+    """Parent: a shared array in a result could not be attached."""
+
+
+def _rebuild_in_parent(*handle: Any) -> ndarray:
+    try:
+        return rebuild_ndarray(*handle)
+    except Exception as exc:
+        raise _HandleLost(exc) from exc
+
+
+def _adopt_in_parent(*handle: Any) -> ndarray:
+    try:
+        return attach_owned(*handle)
+    except Exception as exc:
+        raise _HandleLost(exc) from exc
+
+
 class _Lost:
-    """A result that reached the parent but could not be unpickled there."""
+    """A result whose shared arrays could not be brought back."""
 
     __slots__ = ("exc",)
 
@@ -324,12 +352,14 @@ class _Lost:
 
 
 def _load_result(payload: bytes) -> Any:
-    """Parent (result thread): unpickle a result.  A failure here must fail
-    this task only; raised, it would break the whole pool."""
+    """Parent (result thread): unpickle a result.  A shared array that cannot
+    be attached fails this task only (with the real exception); anything
+    else that cannot be unpickled breaks the pool, as in the standard
+    executor."""
     try:
         return pickle.loads(payload)
-    except BaseException as exc:
-        return _Lost(exc)
+    except _HandleLost as lost:
+        return _Lost(lost.args[0])
 
 
 # ---------------------------------------------------------------- parent: copies
@@ -610,7 +640,7 @@ class _Pool:
     def __init__(self, threshold: int | None) -> None:
         self.threshold = threshold
         self.pid = os.getpid()
-        self.prefix = f"sa-{self.pid}-{random.getrandbits(16):04x}x"
+        self.prefix = _names.pool_prefix(self.pid, random.getrandbits(16))
         try:
             st = os.statvfs(SHM_DIR)
             budget = st.f_blocks * st.f_frsize // _SPARE_SHARE

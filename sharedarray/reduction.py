@@ -2,18 +2,26 @@
 
 A :class:`sharedarray.ndarray` (or any view of one) pickles as a handle::
 
-    (name, token, boot, offset, shape, strides, dtype-or-None, writeable)
+    (name, token, boot, offset, shape, strides, dtype-or-None, writeable, shm-dev)
 
 of a few hundred bytes at most, whatever the array's size.  Unpickling it in
 any process on the machine attaches the segment (once per process: a weak
-attach cache) and rebuilds the exact view.  The reducer is registered in
-:mod:`copyreg`, so pickle, multiprocessing, concurrent.futures, cloudpickle and
-joblib/loky all use it.
+attach cache) and rebuilds the exact view, after checking that the view lies
+inside the segment's data.  The reducer is registered in :mod:`copyreg`, so
+pickle, multiprocessing, concurrent.futures, cloudpickle and joblib/loky all
+use it.
 
 The token identifies one segment: a name that was deleted and created again
 has a different one, and the handle then raises :class:`StaleHandleError`
-rather than show other data.  The boot id does the same for handles that come
-from another machine or an earlier boot (:class:`ForeignHostError`).
+rather than show other data (a ``.npy`` this library did not write is
+identified by its device, inode, size and header instead).  The boot id and
+the device of ``/dev/shm`` do the same for handles that come from another
+machine, an earlier boot or another container (:class:`ForeignHostError`).
+
+Handles in flight: for :mod:`multiprocessing`'s own pickler (queues, pipes,
+pools, managers, executors) a temporary travels with a descriptor of its
+memory (``multiprocessing.reduction.DupFd``), so it arrives even when the
+sender drops it - and its name is unlinked - before the receiver unpickles it.
 
 :func:`share` makes an anonymous copy owned by this process: the name is
 unlinked when the last array on it dies here, at exit, or - through the
@@ -25,24 +33,30 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copyreg
+import errno
 import functools
 import os
 import threading
 import weakref
+from multiprocessing import context as mp_context
+from multiprocessing import reduction as mp_reduction
 from multiprocessing import resource_tracker
 from typing import Any, Iterator
 
 import numpy as np
 
-from . import _ext
-from .core import (BOOT_ID, Segment, attach_segment, create_segment,
-                   generate_name, ndarray, segment_contents, segment_of,
-                   view)
+from . import _ext, _header, _names
+from ._names import BOOT_ID, SHM_DEV
+from .core import (Segment, attach_fd_segment, attach_segment, create_segment,
+                   ndarray, segment_contents, segment_of, view)
 
 __all__ = ["StaleHandleError", "ForeignHostError", "by_value", "share",
            "init_reductions", "reduce_ndarray", "rebuild_ndarray"]
 
-_TRACKER_TYPE = "shared_memory"   # the stdlib tracker shm_unlink()s these
+# Descriptors kept for segments that arrived as one (their name may be
+# gone), so that this process can pass them on; beyond this many, such
+# segments are passed on by name only (the fd limit is often 1024).
+_MAX_KEPT_FDS = 256
 
 
 class StaleHandleError(LookupError):
@@ -50,7 +64,8 @@ class StaleHandleError(LookupError):
 
 
 class ForeignHostError(LookupError):
-    """A handle was made on another machine or before a reboot."""
+    """A handle was made on another machine, before a reboot, or in another
+    container (another ``/dev/shm``)."""
 
 
 _by_value: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -80,12 +95,24 @@ def by_value() -> Iterator[None]:
 _cache: dict[str, weakref.ref] = {}
 
 
+def _ident(seg: Segment) -> str:
+    """What identifies the array in ``seg``: its header's token, or for a
+    ``.npy`` this library did not write, its device, inode, size and a
+    digest of its header.  (Not its mtime: every write through a shared
+    mapping changes that, and would make every handle to the file stale.)"""
+    meta = seg.meta
+    if meta.token is not None:
+        return meta.token
+    dev, ino, size, _ = seg.identity
+    return "npy:%x:%x:%x:%08x" % (dev, ino, size, meta.digest)
+
+
 def _cached(name: str, token: str | None) -> Segment | None:
     ref = _cache.get(name)
     if ref is None:
         return None
     seg = ref()
-    if seg is None or seg.meta.token != token:
+    if seg is None or (seg.meta.token != token and _ident(seg) != token):
         return None
     return seg
 
@@ -98,7 +125,7 @@ def _remember(seg: Segment) -> None:
     if old is seg:
         return
     if (old is not None and seg.readonly and not old.readonly
-            and old.meta.token == seg.meta.token):
+            and _ident(old) == _ident(seg)):
         return
     _cache[name] = weakref.ref(seg, functools.partial(_forget, name))
 
@@ -207,78 +234,274 @@ def handle_of(arr: np.ndarray, seg: Segment | None = None,
     # a view may have another dtype, or one that == the segment's but is not
     # the same (aligned flag, metadata, which a .npy header does not keep).
     dtype = _dtype_for_handle(arr.dtype, meta.dtype)
-    return (seg.name, meta.token, meta.boot, offset, arr.shape, arr.strides, dtype,
-            arr.flags.writeable)
+    token = meta.token if meta.token is not None else _ident(seg)
+    # Where the memory is: the device of the /dev/shm it is in (a file's
+    # device says nothing of that).
+    where = None if _names.is_file(seg.name) else SHM_DEV
+    return (seg.name, token, meta.boot or BOOT_ID, offset, arr.shape, arr.strides,
+            dtype, arr.flags.writeable, where)
 
 
-def _segment_for(name: str, token: str | None, boot: str | None,
-                 writeable: bool) -> Segment:
+def _gone(name: str) -> FileNotFoundError:
+    """The error for a handle whose name no longer exists: what happened,
+    and what to do about it."""
+    m = _names.GENERATED_RE.match(name)
+    if m:
+        what = (f"shared array {name!r} is gone: it was a temporary of process "
+                f"{m.group(1)} (share() or an executor), unlinked when that "
+                f"process dropped its last reference to it or exited, before "
+                f"this handle was loaded. multiprocessing's queues, pipes, pools "
+                f"and managers keep such arrays alive in flight; elsewhere (a "
+                f"pickle stored in a file, another transport) keep the array "
+                f"alive in the sender until the receiver has it, make a named "
+                f"array with sharedarray.create()/from_array(), or pickle the "
+                f"data itself inside sharedarray.by_value()")
+    else:
+        what = (f"shared array {name!r} no longer exists: it was deleted after "
+                f"this handle was made (a handle is a reference, not the data; "
+                f"to store the data, pickle it inside sharedarray.by_value())")
+    return FileNotFoundError(errno.ENOENT, what, name)
+
+
+def _check_place(name: str, boot: str | None, where: int | None) -> None:
     if boot is not None and boot != BOOT_ID:
         raise ForeignHostError(
             f"shared array {name!r} was pickled on another machine or before a "
             f"reboot (boot id {boot}, here {BOOT_ID}); its memory is not here")
+    if where is not None and where != SHM_DEV:
+        raise ForeignHostError(
+            f"shared array {name!r} was pickled in another container on this "
+            f"machine: it lives in another /dev/shm (device {where:#x}, here "
+            f"{SHM_DEV:#x}); share the IPC namespace (docker run --ipc=host or "
+            f"--ipc=container:...) or send the data with sharedarray.by_value()")
+
+
+def _segment_for(name: str, token: str | None, boot: str | None,
+                 writeable: bool, where: int | None = None) -> Segment:
+    _check_place(name, boot, where)
     seg = _cached(name, token)
     if seg is not None and (seg.readonly is False or not writeable):
         return seg
     try:
-        seg = attach_segment(name, ro=not writeable)
-    except PermissionError:
-        if not writeable:
-            raise
-        seg = attach_segment(name, ro=True)
-    if seg.meta.token != token:
-        raise StaleHandleError(
-            f"shared array {name!r} was deleted and created again since this "
-            f"handle was made; the handle refers to memory that is gone")
+        try:
+            seg = attach_segment(name, ro=not writeable)
+        except PermissionError:
+            if not writeable:
+                raise
+            seg = attach_segment(name, ro=True)
+    except FileNotFoundError:
+        raise _gone(name) from None
+    _check_token(seg, name, token)
     _remember(seg)
     return seg
 
 
+def _check_token(seg: Segment, name: str, token: str | None) -> None:
+    if seg.meta.token != token and _ident(seg) != token:
+        raise StaleHandleError(
+            f"shared array {name!r} was deleted and created again (or, for a "
+            f"plain .npy file, replaced) since this handle was made; the "
+            f"handle refers to memory that is gone")
+
+
+# dtypes a handle named and that passed check_dtype (keys: dtype objects)
+_valid_dtypes: dict[np.dtype, bool] = {}
+
+
+def _checked_view(seg: Segment, offset: Any, shape: Any, strides: Any,
+                  dtype: Any, writeable: Any) -> ndarray:
+    """The view a handle describes, once it is known to lie inside the
+    segment's data: a forged or corrupt handle raises ``ValueError``
+    instead of reaching numpy (whose own bounds check can overflow)."""
+    meta = seg.meta
+    name = seg.name
+    if dtype is None:
+        dt = meta.dtype
+    elif isinstance(dtype, np.dtype):
+        dt = dtype
+        if dt not in _valid_dtypes:
+            _header.check_dtype(dt, f"handle to {name!r}")
+            if len(_valid_dtypes) > 256:
+                _valid_dtypes.clear()
+            _valid_dtypes[dt] = True
+    else:
+        raise ValueError(f"handle to {name!r}: dtype {dtype!r} is not a numpy dtype")
+    if (type(offset) is not int or type(shape) is not tuple
+            or len(shape) > _header.MAXDIMS
+            or not (strides is None or (type(strides) is tuple
+                                        and len(strides) == len(shape)))):
+        raise ValueError(f"handle to {name!r}: malformed offset/shape/strides")
+    itemsize = dt.itemsize
+    lo = hi = offset
+    empty = False
+    if strides is None:
+        count = 1
+        for n in shape:
+            if type(n) is not int or n < 0:
+                raise ValueError(f"handle to {name!r}: bad shape {shape!r}")
+            count *= n
+        empty = count == 0
+        hi += count * itemsize
+    else:
+        for n, s in zip(shape, strides):
+            if type(n) is not int or n < 0 or type(s) is not int:
+                raise ValueError(f"handle to {name!r}: bad shape {shape!r} or "
+                                 f"strides {strides!r}")
+            if n == 0:
+                empty = True
+            elif s < 0:
+                lo += s * (n - 1)
+            else:
+                hi += s * (n - 1)
+        hi += itemsize
+    start, end = meta.offset, meta.offset + meta.nbytes
+    if empty:
+        lo = hi = offset
+    if not (start <= lo and hi <= end and lo <= hi):
+        raise ValueError(
+            f"handle to {name!r}: the view it describes (bytes {lo} to {hi}) "
+            f"is outside the array's data (bytes {start} to {end}); the handle "
+            f"is corrupt or forged")
+    return view(seg, offset, shape, strides, dt, False,
+                bool(writeable) and not seg.readonly)
+
+
 def rebuild_ndarray(name: str, token: str | None, boot: str | None, offset: int,
                     shape: tuple, strides: tuple, dtype: np.dtype | None,
-                    writeable: bool) -> ndarray:
+                    writeable: bool, where: int | None = None) -> ndarray:
     """Unpickle a handle: attach (cached) and rebuild the exact view."""
-    seg = _segment_for(name, token, boot, writeable)
-    return view(seg, offset, shape, strides,
-                seg.meta.dtype if dtype is None else dtype, False,
-                writeable and not seg.readonly)
+    seg = _segment_for(name, token, boot, writeable, where)
+    return _checked_view(seg, offset, shape, strides, dtype, writeable)
 
 
 def attach_owned(name: str, token: str | None, boot: str | None, offset: int,
                  shape: tuple, strides: tuple | None, dtype: np.dtype | None,
-                 writeable: bool) -> ndarray:
+                 writeable: bool, where: int | None = None) -> ndarray:
     """Unpickle a handle whose segment is handed over to this process.
 
     The executor's workers send results this way: the worker registered the
     name with the shared resource tracker, and from now on this process owns
     it (unlinks it when the last array on it dies).
     """
-    seg = _segment_for(name, token, boot, True)
+    seg = _segment_for(name, token, boot, True, where)
     own(seg, registered=True)
-    return view(seg, offset, shape, strides,
-                seg.meta.dtype if dtype is None else dtype, False, writeable)
+    return _checked_view(seg, offset, shape, strides, dtype, writeable)
+
+
+# ---------------------------------------------------------------- in flight
+
+# Segment -> the descriptor it arrived with (see _MAX_KEPT_FDS).
+_kept_fds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _keep_fd(seg: Segment, fd: int) -> bool:
+    """Keep ``fd`` open as long as ``seg`` lives; False if at the limit."""
+    if seg in _kept_fds or len(_kept_fds) >= _MAX_KEPT_FDS:
+        return False
+    os.set_inheritable(fd, False)
+    _kept_fds[seg] = fd
+    weakref.finalize(seg, os.close, fd)
+    return True
+
+
+def _fd_of(seg: Segment) -> int | None:
+    """A new descriptor of ``seg``'s object, or None: a dup of the one it
+    arrived with, else the name opened again, if it still names this very
+    object."""
+    kept = _kept_fds.get(seg)
+    if kept is not None:
+        return os.dup(kept)
+    path = _names.fs_path(seg.name)
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | (os.O_RDONLY if seg.readonly else os.O_RDWR))
+    except PermissionError:
+        try:
+            fd = os.open(path, flags | os.O_RDONLY)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if (st.st_dev, st.st_ino) != seg.identity[:2]:
+        os.close(fd)          # the name now holds another object
+        return None
+    return fd
+
+
+def reduce_in_flight(arr: ndarray) -> tuple:
+    """multiprocessing's reducer: :func:`reduce_ndarray`, plus, for a
+    temporary, a descriptor of its memory for the receiver.
+
+    The descriptor is dup()ed into multiprocessing's resource sharer, which
+    hands it to the first process that unpickles the handle; so the memory
+    outlives its name for as long as the message is in flight.  (A message
+    that is never unpickled keeps its dup until this process exits.)
+    """
+    rv = reduce_ndarray(arr)
+    if rv[0] is not rebuild_ndarray or not mp_reduction.HAVE_SEND_HANDLE:
+        return rv
+    seg = segment_of(arr)
+    if not seg.meta.temporary or mp_context.get_spawning_popen() is not None:
+        # Process arguments are pickled while the parent holds them.
+        return rv
+    fd = _fd_of(seg)
+    if fd is None:
+        return rv
+    try:
+        dup = mp_reduction.DupFd(fd)
+    except Exception:
+        return rv
+    finally:
+        os.close(fd)
+    return rebuild_in_flight, (dup,) + rv[1]
+
+
+def rebuild_in_flight(dup: Any, name: str, token: str | None, boot: str | None,
+                      offset: int, shape: tuple, strides: tuple,
+                      dtype: np.dtype | None, writeable: bool,
+                      where: int | None = None) -> ndarray:
+    """Unpickle what :func:`reduce_in_flight` made: map the descriptor that
+    came with the handle (the name may be gone), or fall back to the name."""
+    try:
+        fd = dup.detach()
+    except Exception:          # the sender is gone, or this is a second load
+        fd = -1
+    if fd < 0:
+        return rebuild_ndarray(name, token, boot, offset, shape, strides, dtype,
+                               writeable, where)
+    try:
+        seg = _cached(name, token)
+        if seg is None or (seg.readonly and writeable):
+            try:
+                seg = attach_fd_segment(name, fd, ro=not writeable)
+            except PermissionError:
+                seg = attach_fd_segment(name, fd, ro=True)
+            _check_token(seg, name, token)
+            _remember(seg)
+            if _keep_fd(seg, fd):
+                fd = -1
+        return _checked_view(seg, offset, shape, strides, dtype, writeable)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------- share()
 
-def _release(name: str, path: str, kind: int, pid: int,
-             unlink: Any = _ext.unlink, unregister: Any = resource_tracker.unregister,
+def _release(name: str, pid: int, discard: Any = _names.discard,
              getpid: Any = os.getpid) -> None:
     """Finalizer of an owned segment: unlink it and tell the tracker.
 
     Bound arguments only: finalizers may run at interpreter shutdown.  A
     forked child inherits the finalizer but must not act on it.
     """
-    if getpid() != pid:
-        return
-    try:
-        unlink(name, path, kind)
-    except OSError:
-        pass          # already deleted by hand
-    try:
-        unregister(path, _TRACKER_TYPE)
-    except Exception:
-        pass
+    if getpid() == pid:
+        discard(name)
 
 
 # Segment -> (finalizer, pid) for the segments this process owns.  own() is
@@ -331,10 +554,9 @@ def own(seg: Segment, registered: bool = False) -> weakref.finalize:
         entry = _owned.get(seg)
         if entry is not None and entry[0].alive and entry[1] == pid:
             return entry[0]
-        path = "/" + seg.name
         if not registered:
-            resource_tracker.register(path, _TRACKER_TYPE)
-        fin = weakref.finalize(seg, _release, seg.name, path, _ext.KIND_SHM, pid)
+            resource_tracker.register(_names.shm_path(seg.name), _names.TRACKER_TYPE)
+        fin = weakref.finalize(seg, _release, seg.name, pid)
         _owned[seg] = (fin, pid)
         return fin
 
@@ -343,11 +565,6 @@ def owned_here(seg: Segment) -> bool:
     """Whether this process owns ``seg`` (will unlink its name)."""
     entry = _owned.get(seg)
     return entry is not None and entry[0].alive and entry[1] == os.getpid()
-
-
-def discard(name: str) -> None:
-    """Unlink the temporary ``name`` and drop it from the tracker."""
-    _release(name, "/" + name, _ext.KIND_SHM, os.getpid())
 
 
 def share_segment(array: np.ndarray, owner: int | None = None,
@@ -360,14 +577,14 @@ def share_segment(array: np.ndarray, owner: int | None = None,
     # The C core write()s the bytes in: one copy, no zero-fill, no faults.
     # Without bytes (empty arrays) there is nothing to copy.
     src, order, data = segment_contents(array)
-    name = generate_name(owner, refillable) if name is None else name
-    path = "/" + name
-    resource_tracker.register(path, _TRACKER_TYPE)
+    name = _names.generate(owner, refillable) if name is None else name
+    path = _names.shm_path(name)
+    resource_tracker.register(path, _names.TRACKER_TYPE)
     try:
         return create_segment(name, src.shape, src.dtype, order=order,
                               temporary=True, owner=owner, data=data)
     except BaseException:
-        resource_tracker.unregister(path, _TRACKER_TYPE)
+        resource_tracker.unregister(path, _names.TRACKER_TYPE)
         raise
 
 
@@ -396,8 +613,11 @@ def share(array: Any) -> ndarray:
 # ---------------------------------------------------------------- registration
 
 def init_reductions() -> None:
-    """Register the reducers in :mod:`copyreg` (idempotent)."""
+    """Register the reducers (idempotent): in :mod:`copyreg`, which every
+    pickler on the machine consults, and for multiprocessing's own pickler
+    the variant that keeps temporaries alive in flight."""
     copyreg.pickle(ndarray, reduce_ndarray)
+    mp_reduction.ForkingPickler.register(ndarray, reduce_in_flight)
 
 
 init_reductions()

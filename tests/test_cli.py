@@ -188,7 +188,7 @@ def test_list_reused_pid_counts_as_dead() -> None:
         fd = os.open(SHM / name, os.O_RDWR)
         try:
             head = os.pread(fd, 4096, 0)
-            m = re.search(rb"#sharedarray:1:[0-9a-f]{16}:%d:[0-9a-f]{32}:(\d{13}):"
+            m = re.search(rb"#sharedarray:2:[0-9a-f]{16}:%d:[0-9a-f]{32}:(\d{13}):"
                           % os.getpid(), head)
             assert m, head[:300]
             os.pwrite(fd, b"1000000000000", m.start(1))
@@ -466,7 +466,14 @@ def test_gc_everything_in_private_shm() -> None:
         create_segment(f"sa-{{dead}}-ba9876543210", (2, 2), "u1", temporary=True,
                        owner=dead)
         open(f"/dev/shm/sa-{{dead}}-ffffffffffff", "wb").write(b"foreign")
-        open(f"/dev/shm/.sa-tmp-{{dead}}-0123456789abcdef", "wb").write(b"x")
+        # A staging file left by a create killed before its data was in: the
+        # header (written first) carries the token of the name.
+        from sharedarray import _header
+        head = _header.encode(_header.header_dict(np.dtype("f8"), (1000,), False),
+                              _header.comment("0123456789abcdef", dead, False))
+        open(f"/dev/shm/.sa-tmp-{{dead}}-0123456789abcdef", "wb").write(head)
+        # Named like one, but without such a header: not ours to remove.
+        open(f"/dev/shm/.sa-tmp-{{dead}}-fedcba9876543210", "wb").write(b"x")
         open(f"/dev/shm/.sa-tmp-{{os.getpid()}}-0123456789abcdef", "wb").write(b"x")
         open("/dev/shm/other", "wb").write(b"foreign")
         gc = [sys.executable, "-m", "sharedarray", "gc"]
@@ -531,3 +538,173 @@ def test_progress_bar_only_on_a_terminal() -> None:
         assert frames[-1] == "\033[K"                  # the line is cleared
         assert "0/4 tasks" in frames[0] and "[" + "#" * 30 + "] 100% 4/4 tasks" in frames[-2]
         assert all(len(f) < 80 for f in frames)
+
+
+# ---------------------------------------------------------------- gc: what is ours
+
+def test_gc_keeps_named_arrays_named_like_its_own_files() -> None:
+    """gc collects only what a header marks as a temporary of ours (or a
+    staging file carrying its own token), never a user's array that merely
+    has such a name."""
+    dead = impossible_pid()
+    names = [f".sa-tmp-{dead}-{os.urandom(8).hex()}", f"sa-{dead}-{os.urandom(6).hex()}"]
+    try:
+        for name in names:
+            sa.create(name, 3)
+        proc = cli("gc", *names)
+        assert proc.returncode == 0, proc.stderr
+        assert all((SHM / n).exists() for n in names), proc.stdout + proc.stderr
+        assert "deleted" not in proc.stdout
+    finally:
+        unlink_quietly(*names)
+
+
+def test_gc_never_judges_a_creator_in_another_pid_namespace(monkeypatch) -> None:
+    """A temporary whose header names another pid namespace is skipped, and
+    gc says so: its creator's pid means nothing in this namespace."""
+    import sharedarray._header as header
+    dead = impossible_pid()
+    name = f"sa-{dead}-{os.urandom(6).hex()}"
+    monkeypatch.setattr(header, "PID_NS", header.PID_NS + 1)
+    create_segment(name, 3, temporary=True, owner=dead)
+    monkeypatch.undo()
+    try:
+        proc = cli("gc", name)
+        assert proc.returncode == 0, proc.stderr
+        assert (SHM / name).exists(), proc.stdout + proc.stderr
+        assert "another pid namespace" in proc.stderr
+        record = json.loads(cli("list", "--json").stdout)
+        assert [r["alive"] for r in record if r["name"] == name] == [None]
+    finally:
+        unlink_quietly(name)
+
+
+_IN_PID_NS = textwrap.dedent("""
+    import os, sys
+    import numpy as np, sharedarray as sa
+    t = sa.share(np.ones(3))
+    print(t.segment.name, os.getpid(), flush=True)
+    sys.stdin.read()           # until the test is done
+    print(t.sum(), flush=True)
+""")
+
+
+def _unused_pid() -> int | None:
+    for pid in range(30000, 32000, 97):
+        if not any(os.path.exists(f"/proc/{p}") for p in range(pid - 5, pid + 5)):
+            return pid
+    return None
+
+
+def test_gc_spares_a_live_temporary_of_another_pid_namespace() -> None:
+    """Same /dev/shm (docker --ipc=host), another pid namespace: its creator's
+    pid is dead here, but gc must not delete what it cannot judge."""
+    why = private_shm_unavailable()
+    pid = _unused_pid()
+    if why or pid is None:
+        pytest.skip(why or "no unused pid range")
+    child = subprocess.Popen(
+        ["unshare", "-p", "-f", "--mount-proc", "sh", "-c",
+         f'echo {pid} > /proc/sys/kernel/ns_last_pid; "$@"', "sh",
+         sys.executable, "-c", _IN_PID_NS],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    name = None
+    try:
+        line = child.stdout.readline().split()
+        if not line:
+            pytest.skip(f"no pid namespace here: {child.stderr.read()}")
+        name, inner_pid = line[0], int(line[1])
+        if os.path.exists(f"/proc/{inner_pid}"):
+            pytest.skip("the inner pid exists here too")
+        proc = cli("gc", name)
+        assert proc.returncode == 0, proc.stderr
+        assert (SHM / name).exists(), proc.stdout + proc.stderr
+        assert "another pid namespace" in proc.stderr
+        out, err = child.communicate("", timeout=60)
+        assert out.strip() == "3.0", err
+        assert not (SHM / name).exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if name:
+            unlink_quietly(name)
+
+
+# ---------------------------------------------------------------- containers
+
+_CONTAINER_B = textwrap.dedent("""
+    import os, pickle, subprocess, sys
+    import numpy as np, sharedarray as sa
+    assert os.listdir("/dev/shm") == [], "not a private /dev/shm"
+    name = sys.argv[1]
+    mine = sa.from_array(name, np.full(4, 2.0))    # the same name, here
+    temp = sa.share(np.full(3, 2.0))
+    handles = [bytes.fromhex(h) for h in sys.stdin.readline().split()]
+    results = []
+    for h in handles:
+        try:
+            pickle.loads(h)
+        except Exception as e:
+            results.append(type(e).__name__)
+        else:
+            results.append("loaded")
+    print(" ".join(results))
+    print(pickle.dumps(mine).hex(), pickle.dumps(temp).hex(), flush=True)
+    sys.stdin.readline()           # A ran its gc
+    gc = subprocess.run([sys.executable, "-m", "sharedarray", "gc"],
+                        capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stderr
+    print(sa.exists(temp.segment.name), flush=True)
+""")
+
+_CONTAINER_A = textwrap.dedent("""
+    import os, pickle, subprocess, sys
+    import numpy as np, sharedarray as sa
+    assert os.listdir("/dev/shm") == [], "not a private /dev/shm"
+    name, b_script = sys.argv[1], sys.argv[2]
+    mine = sa.from_array(name, np.full(4, 1.0))
+    temp = sa.share(np.full(3, 1.0))
+    b = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"',
+         "sh", sys.executable, "-c", b_script, name],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    b.stdin.write(pickle.dumps(mine).hex() + " " + pickle.dumps(temp).hex() + "\\n")
+    b.stdin.flush()
+    in_b = b.stdout.readline().split()
+    theirs = [bytes.fromhex(h) for h in b.stdout.readline().split()]
+    in_a = []
+    for h in theirs:
+        try:
+            pickle.loads(h)
+        except Exception as e:
+            in_a.append(type(e).__name__)
+        else:
+            in_a.append("loaded")
+    gc = subprocess.run([sys.executable, "-m", "sharedarray", "gc"],
+                        capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stderr
+    b.stdin.write("\\n")
+    b.stdin.flush()
+    b_kept = b.stdout.readline().strip()
+    b.wait()
+    print(" ".join(in_b), "|", " ".join(in_a), "|", sa.exists(temp.segment.name),
+          b_kept)
+""")
+
+
+def test_two_containers_handles_are_foreign_both_ways(shm_name) -> None:
+    """Two private /dev/shm mounts (two containers on one kernel, same boot
+    id): a handle from the other raises ForeignHostError, whether or not
+    its name exists here; gc in each leaves the other's live temporaries."""
+    why = private_shm_unavailable()
+    if why:
+        pytest.skip(why)
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"',
+         "sh", sys.executable, "-c", _CONTAINER_A, shm_name, _CONTAINER_B],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["ForeignHostError"] * 2 + ["|"] + \
+        ["ForeignHostError"] * 2 + ["|", "True", "True"], proc.stdout + proc.stderr

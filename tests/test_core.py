@@ -98,9 +98,10 @@ def mapping_perms(addr: int) -> str:
 
 
 def header_length(path: str) -> int:
+    from sharedarray._header import read_preamble
     with open(path, "rb") as f:
         pre = f.read(12)
-    return int.from_bytes(pre[8:10] if pre[6] == 1 else pre[8:12], "little")
+    return read_preamble(pre, os.path.getsize(path), path)[2]
 
 
 def safe_delete(name: str) -> None:
@@ -1180,3 +1181,212 @@ def test_delete_keeps_attachments_and_frees_name(shm_name):
         assert (sa.attach(shm_name) == 2).all()
     finally:
         sa.delete(shm_name)
+
+
+# ================================================ names, modes, limits, dtypes
+
+def test_relative_file_name_means_the_current_directory(tmp_path, monkeypatch):
+    """A relative file:// name is resolved against the cwd of each call."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    monkeypatch.chdir(one)
+    sa.from_array("file://data.npy", np.arange(3))
+    assert sa.attach("file://data.npy").tolist() == [0, 1, 2]
+    monkeypatch.chdir(two)
+    assert not sa.exists("file://data.npy")
+    with pytest.raises(FileNotFoundError):
+        sa.attach("file://data.npy")
+    with pytest.raises(FileNotFoundError):
+        sa.delete("file://data.npy")
+    assert (one / "data.npy").exists()
+    a = sa.create("file://data.npy", 2, "u1")
+    assert a.segment.name == "file://" + str(two / "data.npy")
+    assert sa.attach("file://data.npy").tolist() == [0, 0]
+    sa.delete("file://data.npy")
+    assert (one / "data.npy").exists() and not (two / "data.npy").exists()
+
+
+@pytest.mark.parametrize("mode", [-1, 2 ** 32, 0o4777, 0o2700, 0o1777, 0o1000,
+                                  True, False, 1.5, "600", None])
+def test_mode_outside_permission_bits_is_refused(shm_name, mode):
+    with pytest.raises(ValueError, match="mode"):
+        sa.create(shm_name, 3, mode=mode)
+    with pytest.raises(ValueError, match="mode"):
+        sa.from_array(shm_name, np.ones(3), mode=mode)
+    assert not sa.exists(shm_name)
+
+
+@pytest.mark.parametrize("mode", [0, 0o400, 0o640, 0o777, np.int32(0o600)])
+def test_mode_permission_bits_are_accepted(shm_name, mode):
+    sa.create(shm_name, 3, mode=mode)
+    try:
+        st_mode = os.stat(SHM / shm_name).st_mode
+        assert stat.S_IMODE(st_mode) == int(mode) & ~umask()
+    finally:
+        sa.delete(shm_name)
+
+
+_RSS_AFTER_ATTACH = textwrap.dedent("""
+    import resource, sys
+    import sharedarray as sa
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        sa.attach(sys.argv[1])
+    except ValueError as exc:
+        print(type(exc).__name__, exc)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) // 1024)
+""")
+
+
+def test_attach_refuses_a_long_header_before_reading_it(tmp_path):
+    """A header length over the limit is refused from the preamble alone: the
+    claimed header is never copied (a claim of 256 MiB costs no memory)."""
+    path = tmp_path / "claims.npy"
+    claimed = 256 << 20
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x02\x00" + claimed.to_bytes(4, "little"))
+        f.write(b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }")
+        f.truncate(12 + claimed + 8)          # sparse: the claim fits the file
+    out = run_python(_RSS_AFTER_ATTACH, f"file://{path}").stdout.splitlines()
+    assert out[0].startswith("ValueError") and "limit" in out[0], out
+    assert int(out[1]) < 64, f"attach grew the process by {out[1]} MiB"
+
+
+def _wide_dtype(header_bytes: int) -> np.dtype:
+    """A structured dtype whose descr takes about ``header_bytes``."""
+    width = 2000                               # long names: few fields
+    n = header_bytes // (width + 16)
+    return np.dtype([(f"{i:0{width}d}", "u1") for i in range(n)])
+
+
+def test_one_header_limit_for_create_attach_handles_and_list(shm_name):
+    """What create writes, attach, handles and list() all read; over the
+    limit, create refuses with a clear error and leaves nothing behind."""
+    from sharedarray import _ext
+    from sharedarray._header import MAX_HEADER
+    assert MAX_HEADER == _ext.MAX_HEADER
+    big = _wide_dtype(MAX_HEADER + 50_000)
+    with pytest.raises(ValueError, match="limit"):
+        sa.create(shm_name, 2, big)
+    with pytest.raises(ValueError, match="limit"):
+        sa.share(np.zeros(2, big))
+    assert not sa.exists(shm_name)
+    fits = _wide_dtype(MAX_HEADER - 50_000)
+    a = sa.create(shm_name, 2, fits)
+    try:
+        assert header_length(str(SHM / shm_name)) > 10_000   # np.load's default
+        a[1][5] = 7
+        b = sa.attach(shm_name)
+        assert b.dtype == fits and b[1][5] == 7
+        c = pickle.loads(pickle.dumps(b))
+        assert c.dtype == fits and c[1][5] == 7
+        assert [i.dtype == fits for i in sa.list() if i.name == shm_name] == [True]
+        loaded = np.load(SHM / shm_name, max_header_size=MAX_HEADER)
+        assert loaded[1][5] == 7
+    finally:
+        sa.delete(shm_name)
+
+
+ALIGNED_DTYPES = [
+    np.dtype([("a", "u1"), ("b", "<f8")], align=True),
+    np.dtype([("a", "u1"), ("b", [("c", "u1"), ("d", "<i4")])], align=True),
+    np.dtype([("a", "u1"), ("b", np.dtype([("c", "u1"), ("d", "<i8")]))],
+             align=True),
+    np.dtype([("x", "u1"), ("y", np.dtype([("c", "u1"), ("d", "<i4")], align=True),
+                            (2,))]),
+    np.dtype({"names": ["p", "q"], "formats": ["u1", "<i2"],
+              "titles": ["first", "second"]}, align=True),
+    np.dtype([("a", "u1"), ("b", "<f4", (3,))], align=True),
+]
+
+
+@pytest.mark.parametrize("dt", ALIGNED_DTYPES, ids=repr)
+def test_aligned_structs_attach_with_their_flag(shm_name, dt):
+    a = sa.from_array(shm_name, np.zeros(3, dt))
+    try:
+        for got in (sa.attach(shm_name).dtype, sa.attach(shm_name, ro=True).dtype,
+                    a.dtype, pickle.loads(pickle.dumps(a)).dtype):
+            assert got == dt and repr(got) == repr(dt)
+            assert got.isalignedstruct == dt.isalignedstruct
+        out = run_python("import sharedarray as sa, sys; "
+                         "print(repr(sa.attach(sys.argv[1]).dtype))", shm_name)
+        assert out.stdout.strip() == repr(dt)
+    finally:
+        sa.delete(shm_name)
+
+
+@pytest.mark.parametrize("descr", ["'|S-1'", "'|V-8'", "'<U-1'",
+                                   "[('a', '|S-1')]", "'|S99999999999999999999'"])
+def test_negative_or_overflowing_itemsize_is_refused(shm_name, descr):
+    text = ("{'descr': %s, 'fortran_order': False, 'shape': (2,), }" % descr).encode()
+    body = text + b" " * (4096 - 10 - len(text) - 1) + b"\n"
+    with open(SHM / shm_name, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body)
+        f.write(bytes(64))
+    try:
+        with pytest.raises(ValueError):
+            sa.attach(shm_name)
+    finally:
+        os.unlink(SHM / shm_name)
+
+
+def test_empty_structured_dtype_written_by_numpy_attaches(tmp_path):
+    path = tmp_path / "empty.npy"
+    np.save(path, np.zeros(4, np.dtype([])))
+    a = sa.attach(f"file://{path}")
+    assert a.dtype == np.dtype([]) and a.dtype.itemsize == 0 and a.shape == (4,)
+
+
+def test_reductions_are_numpy_scalars(shm_name):
+    """On numpy 1.x as on 2.x: full reductions are scalars, not 0-d arrays."""
+    a = sa.from_array(shm_name, np.arange(6.0).reshape(2, 3))
+    try:
+        for r in (a.sum(), np.max(a), a.mean(), a.std(), np.add.reduce(a, axis=None),
+                  a.min(), a[0].prod(), np.sum(a), a.any(), np.median(a)):
+            assert isinstance(r, np.generic), type(r)
+            hash(r)
+        assert float(a.mean()) == 2.5
+        assert type(a.sum(axis=0)) is np.ndarray
+        assert type(np.add(a[0, 0], 1)) is not sa.ndarray
+    finally:
+        sa.delete(shm_name)
+
+
+# ================================================================ clear errors
+
+def test_unencodable_name_is_a_value_error():
+    for name in ("\udc80", "file://\udc80.npy", "shm://x\udcff"):
+        with pytest.raises(ValueError, match="invalid name"):
+            sa.create(name, 3)
+        with pytest.raises(ValueError, match="invalid name"):
+            sa.attach(name)
+
+
+@pytest.mark.parametrize("ro", [False, True])
+def test_attaching_a_directory_says_so(shm_name, tmp_path, ro):
+    os.mkdir(SHM / shm_name)
+    try:
+        for name in (shm_name, f"file://{tmp_path}"):
+            with pytest.raises((OSError, ValueError), match="directory|not a regular file") as e:
+                sa.attach(name, ro=ro)
+            assert getattr(e.value, "errno", None) != errno.EINVAL
+    finally:
+        os.rmdir(SHM / shm_name)
+
+
+def test_full_shm_error_for_share_does_not_suggest_file_names(shm_name, monkeypatch):
+    from sharedarray import _ext
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_ext, "create", full)
+    with pytest.raises(OSError) as e:
+        sa.share(np.ones(1000))
+    assert e.value.errno == errno.ENOSPC
+    assert "file://" not in str(e.value) and "--shm-size" in str(e.value)
+    with pytest.raises(OSError) as e:
+        sa.create(shm_name, 1000)
+    assert "file://" in str(e.value)

@@ -1325,3 +1325,256 @@ def test_fork_child_gc_and_exit_never_unlink():
     finally:
         for n in names:
             _unlink_quietly(n)
+
+
+# ============================================================ plain .npy files
+
+def test_replaced_npy_file_makes_its_handles_stale(tmp_path):
+    """A .npy written by numpy has an identity too (device, inode, size,
+    header): rewritten with another layout, or replaced by another file,
+    its old handles raise StaleHandleError instead of reinterpreting bytes."""
+    path = tmp_path / "plain.npy"
+    np.save(path, np.arange(4, dtype="<i8"))
+    h = pickle.dumps(sa.attach(f"file://{path}")[1:])
+    assert run_python(_LOAD_IN_CHILD, input=h.hex()).stdout.strip() == "loaded [1, 2, 3]"
+    np.save(path, np.arange(4, dtype="<f8"))        # same inode, same size
+    assert run_python(_LOAD_IN_CHILD, input=h.hex()).stdout.strip() == "StaleHandleError"
+    h = pickle.dumps(sa.attach(f"file://{path}"))
+    tmp = tmp_path / "new.npy"
+    np.save(tmp, np.arange(4, dtype="<f8"))         # same bytes, another file
+    os.replace(tmp, path)
+    assert run_python(_LOAD_IN_CHILD, input=h.hex()).stdout.strip() == "StaleHandleError"
+
+
+def test_npy_file_written_through_its_mapping_keeps_its_handles(tmp_path):
+    path = tmp_path / "plain.npy"
+    np.save(path, np.zeros(4))
+    a = sa.attach(f"file://{path}")
+    h = pickle.dumps(a)
+    a[:] = 5
+    a.segment.msync()
+    assert run_python(_LOAD_IN_CHILD, input=h.hex()).stdout.strip() == \
+        "loaded [5.0, 5.0, 5.0, 5.0]"
+
+
+# ============================================================ forged handles
+
+_FORGED_IN_CHILD = textwrap.dedent("""
+    import pickle, sys
+    import numpy as np
+    import sharedarray as sa
+    from sharedarray import reduction
+    name = sys.argv[1]
+    a = sa.attach(name)
+    fn, args = reduction.reduce_ndarray(a)
+    name, token, boot, offset, shape, strides, dtype, writeable, where = args
+    big = 2 ** 63
+    cases = {
+        "object dtype": (offset, (4,), (8,), np.dtype(object)),
+        "object field": (offset, (4,), (16,), np.dtype([("a", "O"), ("b", "<f8")])),
+        "str dtype": (offset, (4,), (8,), "O"),
+        "stride near 2**63": (offset, (2,), (big - 8,), None),
+        "stride wraps to negative": (offset, (3,), (big // 2,), None),
+        "huge shape": (offset, (big // 8, 16), (8, 0), None),
+        "negative stride before start": (offset, (4,), (-8,), None),
+        "negative offset": (-8, (4,), (8,), None),
+        "offset past the end": (offset + 8 * 64, (1,), (8,), None),
+        "one past the end": (offset + 8, (64,), (8,), None),
+        "negative dimension": (offset, (-1,), (8,), None),
+        "strides of other length": (offset, (4,), (8, 8), None),
+        "float offset": (float(offset), (4,), (8,), None),
+        "bigger itemsize": (offset, (64,), (8,), np.dtype("<f16")),
+        "header bytes": (offset - 8, (2,), (8,), None),
+    }
+    for what, (off, shp, strd, dt) in cases.items():
+        forged = (name, token, boot, off, shp, strd, dt, writeable, where)
+        try:
+            v = reduction.rebuild_ndarray(*forged)
+        except ValueError:
+            print(what, "ValueError")
+        except Exception as e:
+            print(what, type(e).__name__, e)
+        else:
+            print(what, "accepted", v.shape)
+    # Edge cases that are inside: the whole array backwards, and empty views.
+    whole = reduction.rebuild_ndarray(name, token, boot, offset + 8 * 63, (64,),
+                                      (-8,), None, writeable, where)
+    empty = reduction.rebuild_ndarray(name, token, boot, offset + 8 * 64, (0,),
+                                      (big - 8,), None, writeable, where)
+    print("inside", whole[0], empty.shape)
+""")
+
+
+def test_forged_handles_are_refused_before_numpy_sees_them(shm_name):
+    a = sa.from_array(shm_name, np.arange(64.0))
+    try:
+        out = run_python(_FORGED_IN_CHILD, shm_name).stdout.splitlines()
+    finally:
+        sa.delete(shm_name)
+    assert out[-1] == "inside 63.0 (0,)"
+    bad = [line for line in out[:-1] if not line.endswith(" ValueError")]
+    assert not bad, out
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offset=st.integers(-2 ** 64, 2 ** 64),
+       shape=st.lists(st.integers(0, 2 ** 40), min_size=0, max_size=3),
+       strides=st.lists(st.one_of(st.integers(-64, 64),
+                                  st.integers(-2 ** 64, 2 ** 64)),
+                        min_size=3, max_size=3))
+def test_accepted_handles_stay_inside_the_data(offset, shape, strides, forged_target):
+    """Whatever a handle says, what rebuild accepts lies inside the data."""
+    a, args = forged_target
+    name, token, boot, _, _, _, _, writeable, where = args
+    shape = tuple(shape)
+    strides = tuple(strides[:len(shape)])
+    try:
+        v = reduction.rebuild_ndarray(name, token, boot, offset, shape, strides,
+                                      None, writeable, where)
+    except ValueError:
+        return
+    start = a.segment.meta.offset
+    lo = hi = v.__array_interface__["data"][0] - a.segment.addr
+    if v.size:
+        for n, s in zip(v.shape, v.strides):
+            lo += min(0, s * (n - 1))
+            hi += max(0, s * (n - 1))
+        hi += v.itemsize
+        assert start <= lo and hi <= start + a.nbytes
+        v.sum()       # reads every element: no fault
+
+
+@pytest.fixture(scope="module")
+def forged_target():
+    name = f"sat-{os.getpid()}-{SESSION}-forged"
+    a = sa.from_array(name, np.arange(64.0))
+    try:
+        yield a, reduction.reduce_ndarray(a)[1]
+    finally:
+        sa.delete(name)
+
+
+# ============================================================ handles in flight
+
+def _put_and_drop(q, ready, done):
+    a = sa.share(np.arange(1000.0))
+    name = a.segment.name
+    q.put(a[10:20])
+    del a
+    q.close()
+    q.join_thread()          # pickled and sent: nothing refers to it any more
+    gc.collect()
+    assert not sa.exists(name), "the sender still holds it"
+    ready.set()
+    done.wait(60)
+
+
+def _send_and_drop(conn, ready, done):
+    a = sa.share(np.arange(1000.0))
+    name = a.segment.name
+    conn.send(a[10:20])
+    del a
+    gc.collect()
+    assert not sa.exists(name), "the sender still holds it"
+    ready.set()
+    done.wait(60)
+
+
+def _return_shared(n):
+    return sa.share(np.arange(1000.0))[10:20]
+
+
+def _set_and_drop(ns, ready, done):
+    a = sa.share(np.arange(1000.0))
+    name = a.segment.name
+    ns.x = a[10:20]
+    del a
+    gc.collect()
+    assert not sa.exists(name), "the sender still holds it"
+    ready.set()
+    done.wait(60)
+
+
+@pytest.mark.parametrize("transport", ["queue", "pipe", "pool", "manager"])
+def test_shared_array_survives_its_sender_dropping_it(start_method, transport):
+    """share() in one process, send, drop at once (the name is unlinked):
+    the receiver still gets the data, through every transport and start
+    method that pickles with multiprocessing's pickler."""
+    ctx = mp.get_context(start_method)
+    want = list(range(10, 20))
+    if transport == "pool":
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_return_shared, (1,)).get(120)
+            assert got.tolist() == [float(x) for x in want]
+            got2 = pool.map(_return_shared, range(3))
+            assert [g.tolist() for g in got2] == [[float(x) for x in want]] * 3
+        return
+    ready, done = ctx.Event(), ctx.Event()
+    manager = None
+    if transport == "queue":
+        chan = ctx.Queue()
+        p = ctx.Process(target=_put_and_drop, args=(chan, ready, done))
+    elif transport == "pipe":
+        chan, theirs = ctx.Pipe()
+        p = ctx.Process(target=_send_and_drop, args=(theirs, ready, done))
+    else:
+        manager = ctx.Manager()
+        chan = manager.Namespace()
+        p = ctx.Process(target=_set_and_drop, args=(chan, ready, done))
+    p.start()
+    try:
+        assert ready.wait(120), "the sender did not get ready"
+        if transport == "queue":
+            got = chan.get(timeout=120)
+        elif transport == "pipe":
+            assert chan.poll(120)
+            got = chan.recv()
+        else:
+            got = chan.x
+        assert got.tolist() == [float(x) for x in want]
+        got[0] = -1          # the same memory, still writable
+        assert got[0] == -1
+        del got
+    finally:
+        done.set()
+        p.join(60)
+        if manager is not None:
+            manager.shutdown()
+    assert p.exitcode == 0
+
+
+def test_handle_of_a_dropped_temporary_says_what_to_do():
+    """Outside multiprocessing (a pickle kept in a file), a temporary that its
+    owner dropped is gone: the error says so and what to do instead."""
+    a = sa.share(np.arange(10.0))
+    name = a.segment.name
+    data = pickle.dumps(a)
+    del a
+    gc.collect()
+    with pytest.raises(FileNotFoundError) as e:
+        pickle.loads(data)
+    msg = str(e.value)
+    assert name in msg and "by_value" in msg and "create()" in msg and "alive" in msg
+    with pytest.raises(FileNotFoundError) as e:
+        ForkingPickler.loads(data)
+
+
+def test_deleted_named_array_handle_says_what_happened(shm_name):
+    a = sa.create(shm_name, 4)
+    data = pickle.dumps(a)
+    sa.delete(shm_name)
+    del a
+    gc.collect()
+    with pytest.raises(FileNotFoundError, match="deleted") as e:
+        pickle.loads(data)
+    assert "by_value" in str(e.value)
+
+
+def test_forking_pickler_round_trip_in_one_process():
+    a = sa.share(np.arange(10.0))
+    data = ForkingPickler.dumps(a[2:5])
+    b = ForkingPickler.loads(data)
+    assert b.segment is a.segment and b.tolist() == [2.0, 3.0, 4.0]
+    named = np.arange(3)
+    assert ForkingPickler.loads(ForkingPickler.dumps(named)).tolist() == [0, 1, 2]

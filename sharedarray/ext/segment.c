@@ -34,6 +34,11 @@
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAGIC_LEN 6
 
+/* The largest header length field accepted (bytes after the preamble).
+ * create, attach, handles and list() all use this one limit (exported as
+ * MAX_HEADER); it is checked before a byte of the header is copied. */
+#define MAX_HEADER (1 << 20)
+
 #ifndef MAP_POPULATE
 #define MAP_POPULATE 0
 #endif
@@ -52,6 +57,11 @@ typedef struct {
     Py_ssize_t exports;   /* live buffer exports */
     PyObject *meta;       /* what Python knows of the contents (header) */
     PyObject *weakreflist;
+    /* What fstat said of the object when it was mapped: the device (for
+     * shm: which /dev/shm), inode and modification time identify it. */
+    unsigned long long st_dev;
+    unsigned long long st_ino;
+    long long mtime_ns;
 } Segment;
 
 typedef struct {
@@ -132,6 +142,8 @@ segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
     self->weakreflist = NULL;
     self->meta = NULL;
     self->readonly = readonly;
+    self->st_dev = self->st_ino = 0;
+    self->mtime_ns = 0;
     Py_INCREF(name);
     self->name = name;
     PyObject_GC_Track(self);
@@ -276,6 +288,27 @@ Segment_get_exports(Segment *self, void *closure)
 }
 
 static PyObject *
+Segment_get_identity(Segment *self, void *closure)
+{
+    return Py_BuildValue("(KKnL)", self->st_dev, self->st_ino, self->size,
+                         self->mtime_ns);
+}
+
+static void
+set_identity(Segment *self, const struct stat *st)
+{
+    self->st_dev = (unsigned long long)st->st_dev;
+    self->st_ino = (unsigned long long)st->st_ino;
+#if defined(__APPLE__)
+    self->mtime_ns = (long long)st->st_mtimespec.tv_sec * 1000000000LL +
+                     st->st_mtimespec.tv_nsec;
+#else
+    self->mtime_ns = (long long)st->st_mtim.tv_sec * 1000000000LL +
+                     st->st_mtim.tv_nsec;
+#endif
+}
+
+static PyObject *
 Segment_repr(Segment *self)
 {
     return PyUnicode_FromFormat("<sharedarray.Segment name=%R size=%zd%s>",
@@ -303,6 +336,8 @@ static PyGetSetDef Segment_getset[] = {
     {"readonly", (getter)Segment_get_readonly, NULL, "mapped read-only", NULL},
     {"exports", (getter)Segment_get_exports, NULL,
      "number of live buffer exports", NULL},
+    {"identity", (getter)Segment_get_identity, NULL,
+     "(st_dev, st_ino, size, st_mtime in ns) of the object when mapped", NULL},
     {NULL},
 };
 
@@ -443,8 +478,34 @@ typedef struct {
     Py_ssize_t data_len;
 } create_args;
 
-/* Fill fd: reserve the space, map it, write the header.  Returns the
- * mapping or MAP_FAILED with *err set.  Called without the GIL. */
+/* pwrite all of buf at off (in chunks of at most 1 GiB).  Returns 0 or an
+ * errno value. */
+static int
+write_all(int fd, const char *buf, Py_ssize_t len, off_t off)
+{
+    Py_ssize_t done = 0;
+    while (done < len) {
+        size_t chunk = (size_t)(len - done);
+        ssize_t w;
+        if (chunk > ((size_t)1 << 30)) {
+            chunk = (size_t)1 << 30;
+        }
+        w = pwrite(fd, buf + done, chunk, off + done);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno;
+        }
+        done += w;
+    }
+    return 0;
+}
+
+/* Fill fd: write the header, reserve the space, map it.  The header goes
+ * first, so that a staging file left by a killed create is recognisable
+ * (its header's token is in its name) from its first byte on.  Returns
+ * the mapping or MAP_FAILED with *err set.  Called without the GIL. */
 static void *
 fill(int fd, const create_args *a, int *err)
 {
@@ -455,6 +516,10 @@ fill(int fd, const create_args *a, int *err)
      * are written, without fallocate's zero-fill of every page first. */
     int written_whole = a->kind == KIND_SHM && a->data_len > 0 &&
                         a->header_len + a->data_len == (Py_ssize_t)a->size;
+    *err = write_all(fd, a->header, a->header_len, 0);
+    if (*err != 0) {
+        return MAP_FAILED;
+    }
     if (!written_whole) {
         *err = reserve(fd, a->size);
         if (*err != 0) {
@@ -464,29 +529,11 @@ fill(int fd, const create_args *a, int *err)
     if (a->data_len > 0) {
         /* Contents given: write() them.  The kernel copies straight into
          * the page cache: no page faults and no page tables in this
-         * process. */
-        const char *bufs[2] = {a->header, a->data};
-        Py_ssize_t lens[2] = {a->header_len, a->data_len};
-        off_t off = 0;
-        for (int i = 0; i < 2; i++) {
-            Py_ssize_t done = 0;
-            while (done < lens[i]) {
-                size_t chunk = (size_t)(lens[i] - done);
-                ssize_t w;
-                if (chunk > ((size_t)1 << 30)) {
-                    chunk = (size_t)1 << 30;
-                }
-                w = pwrite(fd, bufs[i] + done, chunk, off);
-                if (w < 0) {
-                    if (errno == EINTR) {
-                        continue;
-                    }
-                    *err = errno;
-                    return MAP_FAILED;
-                }
-                done += w;
-                off += w;
-            }
+         * process.  Before the name is published: readers see all of it
+         * or nothing. */
+        *err = write_all(fd, a->data, a->data_len, (off_t)a->header_len);
+        if (*err != 0) {
+            return MAP_FAILED;
         }
         addr = mmap(NULL, (size_t)a->size, PROT_READ | PROT_WRITE, flags, fd, 0);
         if (addr == MAP_FAILED) {
@@ -510,12 +557,6 @@ fill(int fd, const create_args *a, int *err)
 #endif
     if (addr == MAP_FAILED) {
         *err = errno;
-        return MAP_FAILED;
-    }
-    memcpy(addr, a->header, (size_t)a->header_len);
-    if (a->data_len > 0) {
-        /* Before the name is published: readers see all of it or nothing. */
-        memcpy((char *)addr + a->header_len, a->data, (size_t)a->data_len);
     }
     return addr;
 }
@@ -523,7 +564,7 @@ fill(int fd, const create_args *a, int *err)
 /* Atomic creation.  Returns the mapping, or MAP_FAILED with *err set and
  * nothing left behind.  Called without the GIL. */
 static void *
-create_mapping(const create_args *a, int *err)
+create_mapping(const create_args *a, struct stat *st, int *err)
 {
     int fd = -1;
     void *addr = MAP_FAILED;
@@ -602,6 +643,9 @@ error:
     }
 done:
     if (fd >= 0) {
+        if (addr != MAP_FAILED && fstat(fd, st) < 0) {
+            memset(st, 0, sizeof(*st));   /* published: only the identity is unknown */
+        }
         close(fd);
     }
     return addr;
@@ -620,6 +664,7 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
     unsigned int mode;
     int err = 0;
     void *addr;
+    struct stat st;
     Segment *seg = NULL;
     PyObject *result = NULL;
 
@@ -652,7 +697,7 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
         goto cleanup;
     }
     Py_BEGIN_ALLOW_THREADS
-    addr = create_mapping(&a, &err);
+    addr = create_mapping(&a, &st, &err);
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
         raise_errno(err, name);
@@ -660,6 +705,7 @@ ext_create(PyObject *module, PyObject *args, PyObject *kwds)
     }
     seg->addr = addr;
     seg->size = size;
+    set_identity(seg, &st);
     result = (PyObject *)seg;
     seg = NULL;
 
@@ -732,6 +778,13 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
         return NULL;
     }
     hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
+    if (hlen > MAX_HEADER) {
+        /* Before anything is copied: a forged length cannot cost memory. */
+        PyErr_Format(PyExc_ValueError,
+                     "%R: .npy header length %zd is over the limit of %d bytes",
+                     name, hlen, MAX_HEADER);
+        return NULL;
+    }
     if (hlen > size - start) {
         PyErr_Format(PyExc_ValueError,
                      "%R: header length %zd runs past the end of the %zd-byte "
@@ -772,7 +825,7 @@ lock_shared(int fd)
  * while nobody maps it. */
 static void *
 map_existing(const char *path, int kind, int readonly, int populate,
-             Py_ssize_t *size, int *err, int *lockfd)
+             Py_ssize_t *size, struct stat *stp, int *err, int *lockfd)
 {
     struct stat st;
     void *addr = MAP_FAILED;
@@ -801,13 +854,126 @@ map_existing(const char *path, int kind, int readonly, int populate,
     if (addr == MAP_FAILED) {
         *err = errno;
     }
-    else if (lockfd != NULL) {
-        *lockfd = fd;
-        return addr;
+    else {
+        *stp = st;
+        if (lockfd != NULL) {
+            *lockfd = fd;
+            return addr;
+        }
     }
 cleanup:
     close(fd);
     return addr;
+}
+
+/* The error of a failed map_existing / map_fd. */
+static void
+raise_map_error(int err, Py_ssize_t size, PyObject *name)
+{
+    if (err != 0) {
+        raise_errno(err, name);
+    }
+    else if (size < 0) {
+        PyErr_Format(PyExc_ValueError, "%R is not a regular file", name);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "%R is empty: not a .npy array", name);
+    }
+}
+
+/* fstat + mmap of an fd the caller keeps.  Called without the GIL; same
+ * results as map_existing. */
+static void *
+map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st, int *err)
+{
+    void *addr;
+    int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
+    if (fstat(fd, st) < 0) {
+        *err = errno;
+        return MAP_FAILED;
+    }
+    if (!S_ISREG(st->st_mode) || st->st_size <= 0) {
+        *err = 0;
+        *size = S_ISREG(st->st_mode) ? 0 : -1;
+        return MAP_FAILED;
+    }
+    *size = (Py_ssize_t)st->st_size;
+    addr = mmap(NULL, (size_t)st->st_size, prot, MAP_SHARED, fd, 0);
+    if (addr == MAP_FAILED) {
+        *err = errno;
+    }
+    return addr;
+}
+
+/* attach_fd(name, fd, readonly, lock=False): map the object behind an open
+ * fd (one passed by another process; its name may be gone).  The fd stays
+ * open.  With `lock`, the segment keeps a duplicate of it holding a shared
+ * flock (as attach(lock=True) does), taken before the header is read.
+ * Returns what attach() returns. */
+static PyObject *
+ext_attach_fd(PyObject *module, PyObject *args)
+{
+    PyObject *name, *header = NULL, *result = NULL;
+    int fd, readonly, lock = 0, err = 0, version = 0, lockfd = -1;
+    Py_ssize_t size = 0, data_offset = 0;
+    struct stat st;
+    void *addr = MAP_FAILED;
+    Segment *seg;
+
+    if (!PyArg_ParseTuple(args, "Uip|p:attach_fd", &name, &fd, &readonly, &lock)) {
+        return NULL;
+    }
+    seg = segment_alloc(get_state(module)->segment_type, name, readonly);
+    if (seg == NULL) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) {
+        lockfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        err = lockfd < 0 ? errno : lock_shared(lockfd);
+    }
+    if (err == 0) {
+        addr = map_fd(fd, readonly, &size, &st, &err);
+    }
+    Py_END_ALLOW_THREADS
+    seg->fd = lockfd;           /* closed (lock released) with the segment */
+    if (addr == MAP_FAILED) {
+        raise_map_error(err, size, name);
+        goto cleanup;
+    }
+    seg->addr = addr;
+    seg->size = size;
+    set_identity(seg, &st);
+    header = parse_preamble(addr, size, name, &data_offset, &version);
+    if (header == NULL) {
+        goto cleanup;
+    }
+    result = Py_BuildValue("(OOni)", seg, header, data_offset, version);
+
+cleanup:
+    Py_XDECREF(header);
+    Py_DECREF(seg);
+    return result;
+}
+
+/* preamble(data, name): what attach() makes of a segment's first bytes,
+ * for a bytes-like object: (header_text, data_offset, version). */
+static PyObject *
+ext_preamble(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    PyObject *name, *header, *result = NULL;
+    Py_ssize_t data_offset = 0;
+    int version = 0;
+    if (!PyArg_ParseTuple(args, "y*U:preamble", &data, &name)) {
+        return NULL;
+    }
+    header = parse_preamble(data.buf, data.len, name, &data_offset, &version);
+    if (header != NULL) {
+        result = Py_BuildValue("(Nni)", header, data_offset, version);
+    }
+    PyBuffer_Release(&data);
+    return result;
 }
 
 /* attach(name, path, kind, readonly, populate=False, lock=False): positional
@@ -860,6 +1026,7 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
     Py_ssize_t size = 0, data_offset = 0;
     void *addr;
+    struct stat st;
     Segment *seg = NULL;
     PyObject *header = NULL, *result = NULL;
 
@@ -872,24 +1039,17 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    addr = map_existing(path, kind, readonly, populate, &size, &err,
+    addr = map_existing(path, kind, readonly, populate, &size, &st, &err,
                         lock ? &fd : NULL);
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
-        if (err != 0) {
-            raise_errno(err, name);
-        }
-        else if (size < 0) {
-            PyErr_Format(PyExc_ValueError, "%R is not a regular file", name);
-        }
-        else {
-            PyErr_Format(PyExc_ValueError, "%R is empty: not a .npy array", name);
-        }
+        raise_map_error(err, size, name);
         goto cleanup;
     }
     seg->addr = addr;
     seg->size = size;
     seg->fd = fd;
+    set_identity(seg, &st);
     header = parse_preamble(addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
@@ -978,6 +1138,11 @@ static PyMethodDef ext_methods[] = {
      "Atomically create, reserve, map and fill the header of a new object."},
     {"attach", (PyCFunction)(void (*)(void))ext_attach, METH_FASTCALL,
      "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
+    {"attach_fd", ext_attach_fd, METH_VARARGS,
+     "Map the object behind an open fd; returns what attach() returns."},
+    {"preamble", ext_preamble, METH_VARARGS,
+     "attach()'s check of a .npy preamble, on bytes: (header_text, "
+     "data_offset, version)."},
     {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
     {"address", ext_address, METH_O, "Address of an exporter's first element."},
     {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
@@ -1010,15 +1175,9 @@ ext_exec(PyObject *module)
         PyModule_AddIntConstant(module, "KIND_FILE", KIND_FILE) < 0) {
         return -1;
     }
-#ifdef __linux__
-    if (PyModule_AddIntConstant(module, "ATOMIC_CREATE", 1) < 0) {
+    if (PyModule_AddIntConstant(module, "MAX_HEADER", MAX_HEADER) < 0) {
         return -1;
     }
-#else
-    if (PyModule_AddIntConstant(module, "ATOMIC_CREATE", 0) < 0) {
-        return -1;
-    }
-#endif
     return 0;
 }
 
