@@ -571,7 +571,7 @@ def test_enospc_in_tiny_dev_shm():
 
 @pytest.mark.parametrize("args, error", [
     ((), TypeError),                                     # too few
-    (("n", "/n", 0, False, False, 1), TypeError),        # too many
+    (("n", "/n", 0, False, False, False, 1), TypeError),  # too many
     ((1, "/n", 0, False), TypeError),                    # name not str
     (("n", b"/n", 0, False), TypeError),                 # path not str
     (("n", "/n\0x", 0, False), ValueError),              # NUL would cut the path
