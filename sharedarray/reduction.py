@@ -72,6 +72,13 @@ def by_value() -> Iterator[None]:
         _by_value.reset(token)
 
 
+# A transport that knows where its messages go may wrap the handles it sends
+# (sharedarray._dask does, for Dask's messages): a function (array, handle
+# reduce value) -> reduce value, set for the duration of one message.
+handle_hook: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "sharedarray_handle_hook", default=None)
+
+
 # ---------------------------------------------------------------- attach cache
 
 # name -> weakref to the Segment this process maps for it.  Weak: when the last
@@ -196,8 +203,10 @@ def reduce_ndarray(arr: ndarray) -> tuple:
     # a view may have another dtype, or one that == the segment's but is not
     # the same (aligned flag, metadata, which a .npy header does not keep).
     dtype = _dtype_for_handle(arr.dtype, meta.dtype)
-    return rebuild_ndarray, (seg.name, meta.token, meta.boot, offset, arr.shape,
-                             arr.strides, dtype, arr.flags.writeable)
+    rv = rebuild_ndarray, (seg.name, meta.token, meta.boot, offset, arr.shape,
+                           arr.strides, dtype, arr.flags.writeable)
+    hook = handle_hook.get()
+    return rv if hook is None else hook(arr, rv)
 
 
 def _segment_for(name: str, token: str | None, boot: str | None,
