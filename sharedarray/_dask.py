@@ -31,6 +31,11 @@ Messages (``distributed.protocol.dumps``, wrapped)
     receiver gets a plain numpy array).  Without a context (a direct call of
     ``distributed.protocol.serialize``) it sends the handle, as pickle does.
 
+Scatter through the scheduler (``Scheduler.scatter``, wrapped)
+    The scheduler forwards scattered data unopened, so the client's handle
+    (made for the scheduler) could reach a worker elsewhere: the scheduler
+    opens our handles and lets the forwarding serialize them per worker.
+
 Spilling (``distributed.spill``, wrapped)
     Spilling is storage: shared arrays spill by value, so a spilled array
     survives its segment (a worker-owned ``share()`` is unlinked when the
@@ -230,6 +235,40 @@ def patch_spill() -> None:
     spill.serialize_bytelist = serialize_bytelist
 
 
+def patch_scheduler() -> None:
+    """A scheduler forwards what ``Client.scatter`` sends it to workers
+    without opening it; a handle made for the scheduler may be going to a
+    worker on another host.  Open our handles there, so that the forwarding
+    serializes each for its own worker."""
+    from distributed.protocol.serialize import (Serialized, merge_and_deserialize,
+                                                to_serialize)
+    from distributed.scheduler import Scheduler
+    from dask.utils import typename
+    original = Scheduler.scatter
+    if getattr(original, "_sharedarray", False):
+        return
+    ours = typename(ndarray)
+
+    def reopen(value: Any) -> Any:
+        header = getattr(value, "header", None)
+        if (isinstance(value, Serialized) and isinstance(header, dict)
+                and header.get("type") == ours
+                and (header.get("sub-header") or {}).get("handle")):
+            return to_serialize(merge_and_deserialize(header, value.frames))
+        return value
+
+    async def scatter(self: Any, *args: Any, **kwargs: Any) -> Any:
+        data = kwargs.get("data")
+        if isinstance(data, dict):
+            kwargs["data"] = {k: reopen(v) for k, v in data.items()}
+        return await original(self, *args, **kwargs)
+
+    scatter._sharedarray = True                 # type: ignore[attr-defined]
+    scatter.__wrapped__ = original              # type: ignore[attr-defined]
+    scatter.__doc__ = original.__doc__
+    Scheduler.scatter = scatter                 # type: ignore[method-assign]
+
+
 def activate() -> None:
     """Everything for ``distributed`` (idempotent)."""
     _register_serializers()
@@ -237,6 +276,8 @@ def activate() -> None:
     _wrap_dumps()
     if "distributed.spill" in sys.modules:
         patch_spill()
+    if "distributed.scheduler" in sys.modules:
+        patch_scheduler()
 
 
 # ---------------------------------------------------------------- dask.sizeof

@@ -8,8 +8,8 @@ Three mechanisms, each cheap where there is nothing to do:
 1. At import of :mod:`sharedarray` (:func:`install`): an engine module that is
    already fully imported gets its integration at once.
 2. Otherwise a :data:`sys.meta_path` finder waits for the engine's modules
-   (``distributed.comm.core``, ``distributed.spill``, ``dask.sizeof``,
-   ``ray``) and registers right after each has finished executing.  It looks
+   (``dask.sizeof``, ``distributed.comm.core``, ``distributed.spill``,
+   ``distributed.scheduler``, ``ray``) and registers right after each has finished executing.  It looks
    at no other name, and removes itself when nothing is left to wait for.
 3. Dask's ``dask.sizeof`` entry point (``pyproject.toml``) names
    :func:`dask_sizeof_plugin`: ``import dask`` runs it in every Dask process
@@ -50,6 +50,11 @@ def _dask_sizeof(mod: Any) -> None:
     _dask.register_sizeof(mod.sizeof)
 
 
+def _dask_scheduler(_mod: Any) -> None:
+    from . import _dask
+    _dask.patch_scheduler()
+
+
 def _ray(_mod: Any) -> None:
     from . import _ray
     _ray.register()
@@ -60,6 +65,7 @@ _WATCH: dict[str, Callable[[Any], None]] = {
     "dask.sizeof": _dask_sizeof,
     "distributed.comm.core": _dask_comm,
     "distributed.spill": _dask_spill,
+    "distributed.scheduler": _dask_scheduler,
     "ray": _ray,
 }
 _pending: dict[str, Callable[[Any], None]] = {}
