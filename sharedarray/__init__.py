@@ -18,3 +18,8 @@ __all__ = [
     "exists", "from_array", "list", "ndarray", "share",
 ]
 __version__ = "0.1.0"
+
+# Dask and Ray integrations: active once the engine is imported too (see _hooks).
+from ._hooks import install as _install_hooks, to_dask  # noqa: E402
+__all__ += ["to_dask"]
+_install_hooks()

@@ -87,6 +87,13 @@ def by_value() -> Iterator[None]:
         _by_value.reset(token)
 
 
+# A transport that knows where its messages go may wrap the handles it sends
+# (sharedarray._dask does, for Dask's messages): a function (array, handle
+# reduce value) -> reduce value, set for the duration of one message.
+handle_hook: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "sharedarray_handle_hook", default=None)
+
+
 # ---------------------------------------------------------------- attach cache
 
 # name -> weakref to the Segment this process maps for it.  Weak: when the last
@@ -216,7 +223,9 @@ def reduce_ndarray(arr: ndarray) -> tuple:
     seg = segment_of(arr)
     if seg is None or seg.meta is None:
         return _by_value_reduce(arr)
-    return rebuild_ndarray, handle_of(arr, seg)
+    rv = rebuild_ndarray, handle_of(arr, seg)
+    hook = handle_hook.get()
+    return rv if hook is None else hook(arr, rv)
 
 
 def handle_of(arr: np.ndarray, seg: Segment | None = None,
