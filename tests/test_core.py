@@ -1390,3 +1390,90 @@ def test_full_shm_error_for_share_does_not_suggest_file_names(shm_name, monkeypa
     with pytest.raises(OSError) as e:
         sa.create(shm_name, 1000)
     assert "file://" in str(e.value)
+
+
+# ---------------------------------------------------------------- refillable copies: the lock
+
+def _refillable_name() -> str:
+    from sharedarray import _names
+    return _names.generate(refillable=True)
+
+
+def test_every_mapping_of_a_refillable_copy_holds_a_shared_lock() -> None:
+    """What the executor's reuse rule stands on: while any process maps a
+    refillable copy, nobody gets the exclusive lock; once none does, the
+    lock is granted."""
+    from sharedarray import _names
+    from sharedarray.core import lock_exclusive
+    name = _refillable_name()
+    sa.from_array(name, np.arange(10.0))      # the creator's mapping holds none
+    try:
+        fd = lock_exclusive(name)
+        assert fd is not None
+        os.close(fd)
+        a = sa.attach(name, ro=True)
+        assert lock_exclusive(name) is None
+        v = a[2:5]
+        del a
+        assert lock_exclusive(name) is None   # a view keeps the mapping
+        del v
+        fd = lock_exclusive(name)
+        assert fd is not None
+        os.close(fd)
+        # Another process: held while it maps the copy, released when it exits.
+        code = ("import sys, sharedarray as sa; a = sa.attach(sys.argv[1]); "
+                "print(float(a.sum()), flush=True); sys.stdin.read()")
+        proc = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "45.0"
+        assert lock_exclusive(name) is None
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+        fd = lock_exclusive(name)
+        assert fd is not None
+        os.close(fd)
+        assert not _names.is_refillable(_names.parse("sa-1-00ab"))
+        with pytest.raises(ValueError):
+            lock_exclusive("sa-1-00ab")
+    finally:
+        sa.delete(name)
+
+
+def test_attach_waits_for_a_refill_then_sees_the_new_identity() -> None:
+    """An attach that starts while the copy is being rewritten (the exclusive
+    lock is held) waits, then reads the header as it is after the refill."""
+    import threading
+    from sharedarray.core import attach_segment, lock_exclusive
+    name = _refillable_name()
+    sa.from_array(name, np.arange(10.0))
+    try:
+        fd = lock_exclusive(name)
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(attach_segment(name, ro=True)))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and not got           # blocked on the lock
+        os.close(fd)
+        t.join(60)
+        assert len(got) == 1 and got[0].meta.shape == (10,)
+    finally:
+        sa.delete(name)
+
+
+def test_same_bytes_compares_every_byte() -> None:
+    from sharedarray import _ext
+    a = np.zeros(1 << 16)
+    b = a.copy()
+    assert _ext.same_bytes(a, b) and _ext.same_bytes(a, a)
+    b[-1] = -0.0                                 # == 0.0, other bytes
+    assert not _ext.same_bytes(a, b)
+    assert not _ext.same_bytes(a, b[:-1])         # other lengths
+    with pytest.raises(TypeError):
+        _ext.same_bytes(a, "not a buffer")
+
+
+def test_start_time_identifies_a_process() -> None:
+    from sharedarray import _ext
+    mine = _ext.start_time(os.getpid())
+    assert mine > 0 and _ext.start_time(os.getpid()) == mine
+    assert _ext.start_time(2 ** 22 + 12345) == 0   # beyond pid_max: no such process
