@@ -36,7 +36,8 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m mypy.stubtest sharedarray._ext
+	$(BIN)/python -m mypy.stubtest --mypy-config-file pyproject.toml \
+	  --allowlist tools/stubtest-allowlist.txt sharedarray._ext
 
 # ------------------------------------------------------------------ matrix
 # The floor (Python 3.10 + numpy 1.24) and the newest (Python 3.13 + the

@@ -349,6 +349,7 @@ if __name__ == "__main__":
 CYCLES = {"fork": 1000, "forkserver": 30, "spawn": 30}
 
 
+@pytest.mark.slow
 def test_create_shutdown_cycles_do_not_grow(start_method, tmp_path):
     """Create a pool, run one task with a shared input and result, shut it down:
     1,000 times with fork, but only 30 times with forkserver and spawn, where
