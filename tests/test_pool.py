@@ -42,6 +42,7 @@ from conftest import (
     START_METHODS,
     new_pool,
     own_temporaries,
+    run_python,
     shm_exists,
     wait_for_file,
     wait_until,
@@ -886,3 +887,54 @@ def test_functions_defined_in_main(start_method, tmp_path):
     assert out["c_sum"] == out["d"] == 2.0 * (1 << 18)
     assert out["left"] == []
     assert "leaked" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- threads at fork
+
+FORK_THREADS_SCRIPT = r'''
+import json, multiprocessing as mp, os, threading, time
+import numpy as np
+import sharedarray as sa
+
+forks = []          # the threads alive at each fork of this process
+os.register_at_fork(before=lambda: forks.append(sorted(t.name for t in threading.enumerate())))
+
+
+def total(x):
+    return float(x.sum())
+
+
+def threads_here(_=None):
+    return sorted(t.name for t in threading.enumerate())
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    big = np.ones(1 << 18)                      # 2 MiB: travels through shared memory
+    with sa.ProcessPoolExecutor(1, ctx) as a:
+        a.submit(total, big).result()           # its released copy is kept for reuse
+        time.sleep(0.1)
+        with sa.ProcessPoolExecutor(1, ctx) as b:   # forks while a keeps that copy
+            b.submit(total, big).result()
+        worker = a.submit(threads_here).result()
+    print(json.dumps({"parent_forks": forks, "worker": worker}))
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pool.py starts threads of its own: a threading.Timer janitor "
+    "('sharedarray-spares') while released copies are kept, and a parent "
+    "watcher ('sharedarray-parent-watch') in every worker; a fork then copies "
+    "a multi-threaded process (DeprecationWarning on 3.12+)"))
+def test_no_thread_of_ours_when_a_process_forks(tmp_path):
+    """The library's own threads are not there when this process or a worker
+    forks (3.12+ warns about forking a multi-threaded process; 3.14 makes
+    forkserver the default on Linux for that reason).  The standard
+    executor's own threads (its manager and queue feeder) are not ours to
+    avoid.  Run in a fresh interpreter: pytest's faulthandler watchdog and
+    xdist's I/O thread would be there too."""
+    out = json.loads(run_python(FORK_THREADS_SCRIPT, cwd=tmp_path).stdout.splitlines()[-1])
+    ours = [n for names in out["parent_forks"] for n in names if n.startswith("sharedarray")]
+    assert len(out["parent_forks"]) >= 2
+    assert ours == []
+    assert [n for n in out["worker"] if n.startswith("sharedarray")] == []
