@@ -156,7 +156,7 @@ def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     # After the script dies the shell becomes a ``sleep`` that keeps the namespace.
     argv = sandboxed("512m", [sys.executable, str(script), start_method],
-                      then="exec sleep 300")
+                     then="exec sleep 300")
     with open(out, "w") as fo, open(err, "w") as fe:
         witness = subprocess.Popen(argv, stdout=fo, stderr=fe, cwd=tmp_path,
                                    start_new_session=True)
@@ -233,9 +233,9 @@ def test_tiny_dev_shm_falls_back_to_pickling(start_method, tmp_path):
     script.write_text(TINY_SCRIPT)
     # -W always: the worker's warning about the result reaches its stderr too.
     argv = sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method],
-                      then=("i=0; while [ -n \"$(ls -A /dev/shm)\" ] && [ $i -lt 100 ]; do "
-                            "sleep 0.1; i=$((i+1)); done; "
-                            "echo \"LEFT:$(ls -A /dev/shm | tr '\\n' ' ')\""))
+                     then=("i=0; while [ -n \"$(ls -A /dev/shm)\" ] && [ $i -lt 100 ]; do "
+                           "sleep 0.1; i=$((i+1)); done; "
+                           "echo \"LEFT:$(ls -A /dev/shm | tr '\\n' ' ')\""))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
