@@ -32,8 +32,9 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n auto tests $(PYTEST_ARGS)
 
 # ruff and mypy (configured in pyproject.toml), and the C extension's stub
-# checked against the built module.
-lint: $(VENV)/.installed-lint
+# checked against the built module.  The test extra too: mypy reads the
+# tests' conftest.py, which imports pytest.
+lint: $(VENV)/.installed-test,lint
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest --mypy-config-file pyproject.toml \
