@@ -13,7 +13,7 @@ returning (everything JSON-serialisable)::
       "description": "one paragraph (optional)",
       "versions": {"SharedArray": "3.2.4"},             # peers it imported
       "tables": [Table(...).as_dict(), ...],            # rendered as Markdown
-      "targets": [target(...), ...],                    # the issue's targets
+      "targets": [target(...), ...],                    # stated goals, met or not
       "plots": [{"file": "core.png", "title": ..., "panels": [panel(...), ...]}],
       "data": {...},                                    # raw numbers, free form
     }
@@ -24,7 +24,7 @@ tables, targets and plots into ``benchmarks/results.md``.
 
 Fairness rules every module follows: variants are interleaved (round-robin
 over repeats, order rotated), big allocations are preceded by a warm-up so the
-VM's balloon has handed the pages back (see research/baseline.md §1F),
+VM's balloon has handed the pages back (see :func:`warm_memory`),
 medians *and* minima are reported, and every segment a benchmark makes carries
 ``PREFIX`` (the pid) and is removed in ``finally`` - :func:`cleanup` sweeps
 whatever an exception left behind.
@@ -39,7 +39,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 SHM = "/dev/shm"
 PREFIX = f"sab-{os.getpid()}-"          # every segment a benchmark makes
@@ -159,7 +160,7 @@ def warm_memory(nbytes: int) -> None:
     """Touch and free ``nbytes`` of private memory so the host backs it again.
 
     This VM returns idle free pages to the host within seconds and re-faulting
-    them costs ~2.5 s/GiB (baseline.md §1F); call this right before a trial
+    them costs ~2.5 s/GiB (measured here); call this right before a trial
     that allocates ``nbytes`` fresh.
     """
     import numpy as np
@@ -233,7 +234,7 @@ class Table:
 
 
 def target(text: str, measured: str, met: bool | None) -> dict:
-    """One of the issue's targets: what it asks, what we measured, met or not
+    """One stated target: what it asks, what we measured, met or not
     (``None``: could not be measured, e.g. the peer is not installed)."""
     return {"target": text, "measured": measured, "met": met}
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _util as U  # noqa: E402
-
 import sharedarray as sa  # noqa: E402
+
+import _util as U  # noqa: E402
 
 SHAPE = (4096, 8192)       # 256 MiB of float64
 BLOCKS = 8
@@ -49,7 +50,7 @@ class _RayExecutor:
         return self._remote.remote(*args).future()
 
     def map(self, fn: Callable, *iterables: Any) -> Any:
-        return [f.result() for f in [self.submit(fn, *a) for a in zip(*iterables)]]
+        return [f.result() for f in [self.submit(fn, *a) for a in zip(*iterables, strict=True)]]
 
 
 def _one_call(ex: Any, arg: Any) -> Callable[[], float]:
@@ -106,7 +107,7 @@ def run(quick: bool) -> dict:
             client = distributed.Client(cluster)
             closers.append(cluster.close)
             closers.append(client.close)
-            from sharedarray._dask import IDENTITY    # the workers' too: this host
+            from sharedarray._dask import IDENTITY  # the workers' too: this host
             recipient = {"sharedarray": IDENTITY}
             wire = sum(memoryview(f).nbytes for f in
                        dumps({"x": Serialize(x)}, context={"recipient": recipient}))
@@ -136,7 +137,7 @@ def run(quick: bool) -> dict:
             travels["Ray, f.remote(x)"] = f"the data ({U.fmt_bytes(x.nbytes)}) per call"
             travels["Ray, ray.put(x) once"] = "an object ref (data stored once)"
 
-        for name, trial in call_trials.items():      # warm every engine
+        for trial in call_trials.values():      # warm every engine
             trial()
         U.progress("per-call trials")
         calls = U.stats(U.interleave(call_trials, repeats_call))

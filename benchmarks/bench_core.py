@@ -31,9 +31,9 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _util as U  # noqa: E402
-
 import sharedarray as sa  # noqa: E402
+
+import _util as U  # noqa: E402
 
 try:
     import SharedArray  # the peer: SharedArray 3.2.4 (GPL, benchmark only)
@@ -143,7 +143,8 @@ def variants() -> list[Variant]:
 
 def _dispose(v: Variant, names: list[str], objs: list) -> None:
     """Untimed cleanup: delete what is still there, drop every array."""
-    for n, o in zip(names, objs):
+    # objs may be shorter than names: an exception stopped the creating loop.
+    for n, o in zip(names, objs, strict=False):
         if isinstance(v, SharedMemoryV):
             v.detach(o)
         if os.path.exists(os.path.join(U.SHM, n)):
@@ -167,7 +168,7 @@ def trial_create_delete(v: Variant, shape: tuple, b: int) -> dict[str, float]:
         for n in names:
             objs.append(create(n, shape))
         t1 = U.clock()
-        for n, o in zip(names, objs):
+        for n, o in zip(names, objs, strict=True):
             delete(n, o)
         t2 = U.clock()
     finally:
@@ -216,8 +217,8 @@ def trial_fill(v: Variant, shape: tuple, b: int, warm: bool = False) -> dict[str
     """create + fill(1.0) ×b (timed); cleanup untimed.
 
     ``warm``: touch and free as much private memory right before the timed
-    part, so that every variant gets pages the host backs (research/baseline.md
-    §1F: re-faulting pages the balloon handed back costs ~2.5 s/GiB).
+    part, so that every variant gets pages the host backs (re-faulting pages
+    the balloon handed back costs ~2.5 s/GiB here: see ``_util.warm_memory``).
     """
     names = [U.new_name() for _ in range(b)]
     objs: list = []
@@ -275,7 +276,7 @@ def run(quick: bool) -> dict:
         shape = SIZES[size]
         res: dict[str, dict] = {}
         U.progress(f"core {size}: create, delete")
-        res.update(rounds({v.label: (lambda v=v: trial_create_delete(v, shape, b))
+        res.update(rounds({v.label: (lambda v=v, shape=shape, b=b: trial_create_delete(v, shape, b))
                            for v in vs}, r))
         # attach/detach of one existing, filled segment per library
         fixtures = {}
@@ -287,18 +288,20 @@ def run(quick: bool) -> dict:
                 fixtures[v.label] = (v, n, o)
             U.progress(f"core {size}: attach, detach")
             ab = b if size == "10 el." else attach_b_big
-            res.update(rounds({v.label: (lambda v=v, n=fixtures[v.label][1]:
+            res.update(rounds({v.label: (lambda v=v, n=fixtures[v.label][1], shape=shape, ab=ab:
                                          trial_attach_detach(v, n, shape, ab))
                                for v in vs}, r))
         finally:
             for v, n, o in fixtures.values():
                 _dispose(v, [n], [o])
         U.progress(f"core {size}: create+delete")
-        res.update(rounds({v.label: (lambda v=v: trial_cycle(v, shape, b)) for v in vs}, r))
+        res.update(rounds({v.label: (lambda v=v, shape=shape, b=b: trial_cycle(v, shape, b))
+                           for v in vs}, r))
         U.progress(f"core {size}: create+fill")
         fill_vs = vs + [NumpyV()]
         big = size != "10 el."
-        res.update(rounds({v.label: (lambda v=v: trial_fill(v, shape, b, warm=big))
+        res.update(rounds({v.label: (lambda v=v, shape=shape, b=b, big=big:
+                            trial_fill(v, shape, b, warm=big))
                            for v in fill_vs}, fill100_r if big else r))
         results[size] = res
 

@@ -24,9 +24,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _util as U  # noqa: E402
-
 import sharedarray as sa  # noqa: E402
+
+import _util as U  # noqa: E402
 
 PICKLE_SIZES = [U.MiB, 16 * U.MiB, 256 * U.MiB, U.GiB]
 
@@ -91,7 +91,7 @@ def bench_pickle_roundtrip(quick: bool) -> tuple[list, dict]:
             # protocol 5 in-band: header (size-independent) + the data
             dsize[n] = len(pickle.dumps(plain[:1024], protocol=5)) - 8192 + plain.nbytes
 
-            def data_trial():
+            def data_trial(plain: np.ndarray = plain) -> float:
                 t0 = time.perf_counter()
                 b = pickle.dumps(plain, protocol=5)
                 out = pickle.loads(b)
@@ -104,7 +104,7 @@ def bench_pickle_roundtrip(quick: bool) -> tuple[list, dict]:
                 U.warm_memory(2 * n)
             data[n] = U.Stats(U.interleave({"data": data_trial}, repeats[n],
                                            warmup=0 if big else 1)["data"])
-            del plain
+            del plain, data_trial
     finally:
         arrays.clear()
         for name in names.values():

@@ -23,7 +23,7 @@ How it is measured
 ------------------
 Each pool family runs in its own interpreter (a "child", driven over a pipe),
 because standalone loky and joblib's vendored loky in one process break
-joblib's memmap clean-up (research/baseline.md, surprise 5).  The parent
+joblib's memmap clean-up.  The parent
 interleaves the families batch by batch, rotating the order every round, so
 they all see the same machine state.  Fresh memory is pre-touched before every
 batch that allocates it (``_util.warm_memory``: this VM hands idle pages back
@@ -54,8 +54,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _util  # noqa: E402
-from _util import (GiB, MiB, Stats, Table, fmt_bytes, fmt_ratio, fmt_time,  # noqa: E402
-                   line_panel, target)
+from _util import GiB, MiB, Stats, Table, fmt_bytes, fmt_ratio, fmt_time, line_panel, target  # noqa: E402
 
 WORKERS = 2
 CALLS = 8              # calls per batch, (a) and (b)
@@ -467,7 +466,7 @@ def run(quick: bool) -> dict:
     try:
         for fam in ("sharedarray", "stdlib", "joblib", "loky"):
             children[fam] = _Child(fam)
-        for fam, ch in children.items():
+        for ch in children.values():
             info = ch.call("setup", timeout=300)
             versions.update(info["versions"])
         rows = list(ROWS)

@@ -192,7 +192,7 @@ def _lines(ax, p: dict) -> None:
     xs = p["xs"]
     styles = ["o-", "s-", "^-", "v-", "D-", "P-", "X-", "*-"]
     for i, (label, vals) in enumerate(p["series"].items()):
-        pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
+        pts = [(x, v) for x, v in zip(xs, vals, strict=False) if v is not None]
         if not pts:
             continue
         dashed = "reference" in label or "floor" in label
@@ -225,7 +225,7 @@ def plot(spec: dict, where: str) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4),
                              squeeze=False)
-    for ax, p in zip(axes[0], panels):
+    for ax, p in zip(axes[0], panels, strict=True):
         if p.get("kind") == "lines":
             _lines(ax, p)
             continue

@@ -23,7 +23,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sharedarray as sa
 
@@ -253,7 +254,7 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
     lines = []
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(r, widths))]
+                 for i, (c, w) in enumerate(zip(r, widths, strict=False))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

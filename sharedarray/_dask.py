@@ -47,7 +47,6 @@ Spilling (``distributed.spill``, wrapped)
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 import sys
 from typing import Any
@@ -56,8 +55,12 @@ import numpy as np
 
 from ._names import BOOT_ID, SHM_DEV
 from .core import ndarray, segment_of
-from .reduction import (ForeignHostError, StaleHandleError, by_value,
-                        handle_hook, rebuild_ndarray, reduce_ndarray)
+from .reduction import (
+    by_value,
+    handle_hook,
+    rebuild_ndarray,
+    reduce_ndarray,
+)
 
 __all__ = ["IDENTITY", "UnreachableArray", "activate", "attach_or_defer",
            "recipient_shares_shm", "register_sizeof", "sizeof", "to_dask"]
@@ -234,10 +237,9 @@ def patch_scheduler() -> None:
     without opening it; a handle made for the scheduler may be going to a
     worker on another host.  Open our handles there, so that the forwarding
     serializes each for its own worker."""
-    from distributed.protocol.serialize import (Serialized, merge_and_deserialize,
-                                                to_serialize)
-    from distributed.scheduler import Scheduler
     from dask.utils import typename
+    from distributed.protocol.serialize import Serialized, merge_and_deserialize, to_serialize
+    from distributed.scheduler import Scheduler
     original = Scheduler.scatter
     if getattr(original, "_sharedarray", False):
         return

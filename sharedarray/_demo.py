@@ -34,7 +34,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class Progress:
         self.start = time.perf_counter()
         self._last = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._draw()
         return self
 
@@ -294,7 +295,7 @@ def run(size: int = 1 << 30, workers: int | None = None,
 
         plain = [v.view(np.ndarray) for v in views]     # pickled by value
 
-        def with_stdlib(bar: Progress) -> Any:
+        def with_stdlib(bar: Progress, plain: list = plain) -> Any:
             with concurrent.futures.ProcessPoolExecutor(
                     workers, initializer=_worker_signals) as pool:
                 return _kmeans(pool, plain, init, iterations, bar)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import ast
 import re
-import zlib
 import time
-from typing import Iterator, NamedTuple
+import zlib
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -178,15 +179,14 @@ def _check_sizes(dt: np.dtype, what: str) -> None:
 
 def header_dict(dt: np.dtype, shape: tuple, fortran: bool) -> str:
     """The header's dict, as numpy writes it."""
-    return ("{'descr': %r, 'fortran_order': %r, 'shape': %r, } "
-            % (np.lib.format.dtype_to_descr(dt), fortran, shape))
+    descr = np.lib.format.dtype_to_descr(dt)
+    return f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {shape!r}, }} "
 
 
 def comment(token: str, pid: int, temporary: bool, aligned: str = "") -> str:
     """The library's comment after the dict (see the module docstring)."""
-    return "#sharedarray:2:%s:%d:%s:%d:%d:%d:%d:%s" % (
-        token, pid, BOOT_ID, int(time.time() * 1000), int(temporary),
-        SHM_DEV, PID_NS, aligned)
+    return (f"#sharedarray:2:{token}:{pid:d}:{BOOT_ID}:{int(time.time() * 1000):d}:"
+            f"{int(temporary):d}:{SHM_DEV:d}:{PID_NS:d}:{aligned}")
 
 
 def encode(head: str, meta: str, name: str = "") -> bytes:

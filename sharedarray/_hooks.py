@@ -9,8 +9,9 @@ Three mechanisms, each cheap where there is nothing to do:
    already fully imported gets its integration at once.
 2. Otherwise a :data:`sys.meta_path` finder waits for the engine's modules
    (``dask.sizeof``, ``distributed.comm.core``, ``distributed.spill``,
-   ``distributed.scheduler``, ``ray``) and registers right after each has finished executing.  It looks
-   at no other name, and removes itself when nothing is left to wait for.
+   ``distributed.scheduler``, ``ray``) and registers right after each has
+   finished executing.  It looks at no other name, and removes itself when
+   nothing is left to wait for.
 3. Dask's ``dask.sizeof`` entry point (``pyproject.toml``) names
    :func:`dask_sizeof_plugin`: ``import dask`` runs it in every Dask process
    where this package is installed, which imports :mod:`sharedarray` - and so
@@ -30,7 +31,8 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["install", "dask_sizeof_plugin", "to_dask"]
 

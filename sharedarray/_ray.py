@@ -17,8 +17,6 @@ README's "Moving to a cluster" gives the cost measured against a handle.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from .core import ndarray

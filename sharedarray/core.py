@@ -341,7 +341,7 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
                 _layout_cache[key] = (dt, shape, fortran, nbytes, head)
             except TypeError:
                 pass
-    token = "%016x" % random.getrandbits(64)
+    token = f"{random.getrandbits(64):016x}"
     pid = os.getpid() if owner is None else owner
     header = _header.encode(head, _header.comment(token, pid, temporary,
                                                   _header.aligned_flags(dt)), name)
@@ -379,7 +379,7 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
     fortran, dt, shape = storage_order(src) == "F", src.dtype, src.shape
     if seg.readonly or seg.meta is None or dt.hasobject:
         return False
-    token = "%016x" % random.getrandbits(64)
+    token = f"{random.getrandbits(64):016x}"
     try:
         header = _header.encode(_header.header_dict(dt, shape, fortran),
                                 _header.comment(token, seg.meta.pid, True,

@@ -67,19 +67,27 @@ import types
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import cloudpickle
 import numpy as np
 
 from . import _ext, _names
 from ._names import SHM_DIR, discard
-from .core import (Segment, lock_exclusive, ndarray, refill_segment, segment_of,
-                   view, wrap)
-from .reduction import (_cache, attach_owned, handle_of, owned_here, own,
-                        rebuild_ndarray, reduce_ndarray, share_segment)
+from .core import Segment, lock_exclusive, ndarray, refill_segment, segment_of, view, wrap
+from .reduction import (
+    _cache,
+    attach_owned,
+    handle_of,
+    own,
+    owned_here,
+    rebuild_ndarray,
+    reduce_ndarray,
+    share_segment,
+)
 
 __all__ = ["ProcessPoolExecutor"]
 

@@ -38,17 +38,26 @@ import functools
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from multiprocessing import context as mp_context
 from multiprocessing import reduction as mp_reduction
 from multiprocessing import resource_tracker
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from . import _ext, _header, _names
 from ._names import BOOT_ID, SHM_DEV
-from .core import (Segment, attach_fd_segment, attach_segment, create_segment,
-                   ndarray, segment_contents, segment_of, view)
+from .core import (
+    Segment,
+    attach_fd_segment,
+    attach_segment,
+    create_segment,
+    ndarray,
+    segment_contents,
+    segment_of,
+    view,
+)
 
 __all__ = ["StaleHandleError", "ForeignHostError", "by_value", "share",
            "init_reductions", "reduce_ndarray", "rebuild_ndarray"]
@@ -111,7 +120,7 @@ def _ident(seg: Segment) -> str:
     if meta.token is not None:
         return meta.token
     dev, ino, size, _ = seg.identity
-    return "npy:%x:%x:%x:%08x" % (dev, ino, size, meta.digest)
+    return f"npy:{dev:x}:{ino:x}:{size:x}:{meta.digest:08x}"
 
 
 def _cached(name: str, token: str | None) -> Segment | None:
@@ -352,7 +361,7 @@ def _checked_view(seg: Segment, offset: Any, shape: Any, strides: Any,
         empty = count == 0
         hi += count * itemsize
     else:
-        for n, s in zip(shape, strides):
+        for n, s in zip(shape, strides, strict=False):
             if type(n) is not int or n < 0 or type(s) is not int:
                 raise ValueError(f"handle to {name!r}: bad shape {shape!r} or "
                                  f"strides {strides!r}")

@@ -1,24 +1,37 @@
-"""Shared fixtures: unique segment names and leak checks.
+"""Shared fixtures and helpers: unique segment names, leak checks, private
+/dev/shm sandboxes, and which ``sharedarray`` the tests import.
 
 Every test that makes a segment takes its name from ``shm_name`` (or
 ``name_factory``).  Names carry this process's pid, so tests running in
 parallel (pytest-xdist) never collide, and the autouse ``no_leaks`` fixture
 fails any test that leaves one of its segments in /dev/shm.
+
+Helpers used by several test modules live here, once; test modules import
+them with ``from conftest import ...`` (pytest puts ``tests/`` on sys.path)
+and never import each other.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:
+    import sharedarray
+
+REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 TEST_PREFIX = "sat-"
 START_METHODS = ["fork", "forkserver", "spawn"]
@@ -29,6 +42,56 @@ _counter = itertools.count()
 # run's segments.
 SESSION = os.environ.setdefault("SA_TEST_SESSION", os.urandom(4).hex())
 _PIDS = Path(tempfile.gettempdir()) / f"sa-test-{SESSION}.pids"
+
+
+def _use_the_installed_package() -> None:
+    """Make the tests, and every interpreter they start, import the installed
+    ``sharedarray`` rather than the checkout's source tree.
+
+    Run from the checkout, the tree shadows an installed package: ``python -m
+    pytest`` puts the working directory first on sys.path, pytest-xdist puts
+    it on PYTHONPATH for everything its workers start, and ``python -c`` or
+    ``-m`` subprocesses put their working directory first.  Without a built
+    extension the tree cannot even be imported (``cannot import name
+    '_ext'``).  So the checkout's root leaves sys.path and PYTHONPATH whenever
+    ``sharedarray`` is found without it (a wheel, or an editable install, whose
+    finder maps the name itself), and tests run in another directory
+    (``outside_the_checkout``).  Where only the tree has it (an in-place build
+    and no install), the root goes on PYTHONPATH instead, so that subprocesses
+    import what the tests import.
+    """
+    root = str(REPO)
+
+    def is_root(entry: str) -> bool:
+        return os.path.abspath(entry or os.curdir) == root
+
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if not is_root(p)]
+    importlib.invalidate_caches()
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                  if p and not is_root(p)]
+    if importlib.util.find_spec("sharedarray") is None:
+        sys.path[:] = saved
+        pythonpath.insert(0, root)
+    if pythonpath:
+        os.environ["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+
+
+_use_the_installed_package()      # before any test module imports sharedarray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run every test, and so every interpreter it starts (``python -c``,
+    ``-m sharedarray``, forkserver), in a directory without a ``sharedarray``
+    source tree; see ``_use_the_installed_package``.  Session-scoped, so it
+    comes before module-scoped executors start their forkservers."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.getbasetemp())
+    yield
+    os.chdir(before)
 
 
 def _ours(prefixes: tuple[str, ...]) -> set[str]:
@@ -147,19 +210,82 @@ def wait_for_file(path: str, result: Any = None, limit: float = 60.0) -> Any:
     return result
 
 
-def private_shm_unavailable() -> str | None:
-    """None if ``unshare -m`` + a tmpfs on /dev/shm works here, else why not."""
+@functools.cache
+def _private_shm() -> tuple[list[str] | None, str]:
+    """An ``unshare`` prefix that gives a command a private mount namespace in
+    which it may mount a tmpfs on /dev/shm, or None and why not (probed once
+    per process)."""
     if not SHM.is_dir():
-        return "no /dev/shm"
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"],
-            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare: {exc}"
-    if proc.returncode != 0:
-        return f"unshare -m / mount not permitted: {proc.stderr.strip()}"
-    return None
+        return None, "no /dev/shm"
+    if shutil.which("unshare") is None:
+        return None, "no unshare command"
+    reasons = []
+    for prefix in (["unshare", "-m", "--propagation", "private"],
+                   ["unshare", "-r", "-m", "--propagation", "private"]):
+        try:
+            proc = subprocess.run(
+                prefix + ["sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"
+                                      " && test -z \"$(ls -A /dev/shm)\""],
+                capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            reasons.append(f"{' '.join(prefix)}: {exc}")
+            continue
+        if proc.returncode == 0:
+            return prefix, ""
+        reasons.append(f"{' '.join(prefix)}: {proc.stderr.strip() or proc.returncode}")
+    return None, "; ".join(reasons)
+
+
+def private_shm_unavailable() -> str | None:
+    """None if a command can get a private, empty tmpfs on /dev/shm here, else why not."""
+    prefix, reason = _private_shm()
+    return None if prefix is not None else reason
+
+
+def private_shm_prefix() -> list[str]:
+    """``unshare`` arguments for a private /dev/shm; skips the test if not permitted."""
+    prefix, reason = _private_shm()
+    if prefix is None:
+        pytest.skip(f"cannot mount a private tmpfs on /dev/shm: {reason}")
+    return list(prefix)
+
+
+def sandboxed(size: str, argv: list[str], then: str = "") -> list[str]:
+    """``argv`` run in a private mount namespace with a ``size`` tmpfs on
+    /dev/shm; ``then`` is shell code run afterwards in the same namespace.
+    Skips the test where that is not permitted."""
+    script = (f"mount -t tmpfs -o size={size} tmpfs /dev/shm || exit 97\n"
+              f"\"$@\"\nrc=$?\n{then}\nexit $rc\n")
+    return private_shm_prefix() + ["sh", "-c", script, "sh", *argv]
+
+
+def shm_exists(name: str) -> bool:
+    """Whether /dev/shm/<name> exists."""
+    return (SHM / name).exists()
+
+
+def unlink_quietly(*names: str) -> None:
+    """Remove /dev/shm/<name> for each name, if still there."""
+    for name in names:
+        try:
+            os.unlink(SHM / name)
+        except FileNotFoundError:
+            pass
+
+
+def own_temporaries() -> set[str]:
+    """Library temporaries of this process (``sa-<pid>-*``) in /dev/shm."""
+    prefix = f"sa-{os.getpid()}-"
+    return {n for n in os.listdir(SHM) if n.startswith(prefix)}
+
+
+def new_pool(start_method: str, max_workers: int = 2,
+             **kw: Any) -> sharedarray.ProcessPoolExecutor:
+    """An executor of ``max_workers`` under ``start_method``."""
+    import multiprocessing as mp
+
+    import sharedarray as sa
+    return sa.ProcessPoolExecutor(max_workers, mp.get_context(start_method), **kw)
 
 
 def run_python(code: str, *args: str, timeout: float = 120, check: bool = True,

@@ -19,18 +19,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from conftest import private_shm_unavailable
-
 import sharedarray as sa
 from sharedarray.core import create_segment
 
-SHM = Path("/dev/shm")
+from conftest import SHM, private_shm_prefix, private_shm_unavailable, unlink_quietly
 
 pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="needs /dev/shm (Linux)")
 
@@ -48,14 +46,6 @@ def impossible_pid() -> int:
     except (OSError, ValueError):
         pid_max = 1 << 22           # PID_MAX_LIMIT on 64-bit Linux
     return pid_max + 1 + int.from_bytes(os.urandom(2), "little")
-
-
-def unlink_quietly(*names: str) -> None:
-    for name in names:
-        try:
-            os.unlink(SHM / name)
-        except FileNotFoundError:
-            pass
 
 
 @pytest.fixture
@@ -494,7 +484,7 @@ def test_gc_everything_in_private_shm() -> None:
         print("ok")
     """)
     proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
+        [*private_shm_prefix(), "sh", "-c",
          'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$@"', "sh",
          sys.executable, "-c", script],
         capture_output=True, text=True, timeout=120)

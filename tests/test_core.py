@@ -1,8 +1,9 @@
 """The core layer: names, create/attach/delete/list/exists/from_array, the
 .npy segment layout, dtypes, the ndarray subclass and the segment object.
 
-SPEC §3, §4 and the rows of §7 that the core owns.  Fault injection
-(corrupt-segment fuzzing, races, ENOSPC) lives in ``test_faults_core.py``.
+Also the error behaviour the core owns (bad names, shapes and dtypes; corrupt
+segments).  Fault injection (corrupt-segment fuzzing, races, ENOSPC) lives in
+``test_faults_core.py``.
 
 Hypothesis example counts scale with ``SA_HYPOTHESIS_EXAMPLES`` (default 100),
 so that slow runs (valgrind) can use fewer.
@@ -32,7 +33,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import sharedarray as sa
-from conftest import SHM, run_python
+
+from conftest import SHM, private_shm_prefix, run_python
 
 EXAMPLES = int(os.environ.get("SA_HYPOTHESIS_EXAMPLES", "100"))
 HYPO = settings(max_examples=EXAMPLES, deadline=None,
@@ -155,58 +157,9 @@ for line in sys.argv[1].splitlines():
 console.push("")
 '''
 
-SEED_README = Path(__file__).resolve().parents[2] / "shared" / "seed" / "SharedArray-README.txt"
-
-
-def _unshare_prefix() -> tuple[list[str] | None, str]:
-    """How to get a private mount namespace here, or why we cannot."""
-    reasons = []
-    for prefix in (["unshare", "-m", "--propagation", "private"],
-                   ["unshare", "-r", "-m", "--propagation", "private"]):
-        try:
-            proc = subprocess.run(
-                prefix + ["sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
-                capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            reasons.append(f"{' '.join(prefix)}: {exc}")
-            continue
-        if proc.returncode == 0:
-            return prefix, ""
-        reasons.append(f"{' '.join(prefix)}: {proc.stderr.strip() or proc.returncode}")
-    return None, "; ".join(reasons)
-
-
-_UNSHARE: list = []
-
-
-def private_shm_prefix() -> list[str]:
-    """``unshare`` arguments for a private /dev/shm; skips if not permitted."""
-    if not _UNSHARE:
-        _UNSHARE.append(_unshare_prefix())
-    prefix, reason = _UNSHARE[0]
-    if prefix is None:
-        pytest.skip(f"cannot mount a private tmpfs on /dev/shm: {reason}")
-    return prefix
-
-
-def test_readme_example_is_the_seed_readme():
-    """The example below is the seed README's, with only the import changed."""
-    if not SEED_README.exists():
-        pytest.skip(f"{SEED_README} is not present in this checkout")
-    text = SEED_README.read_text()
-    start = text.index("\timport numpy as np")
-    block = []
-    for line in text[start:].splitlines():
-        if line and not line.startswith("\t"):
-            break
-        block.append(line[1:] if line.startswith("\t") else line)
-    seed = "\n".join(block).strip() + "\n"
-    assert seed.replace("import SharedArray as sa", "import sharedarray as sa") \
-        == README_EXAMPLE
-
 
 def test_readme_example_verbatim():
-    """The seed README example, run verbatim (name "test1" and all) in a fresh
+    """The old library's README example, run verbatim (name "test1" and all) in a fresh
     interpreter inside a private, empty /dev/shm, so it cannot collide with
     anything.  42.0 is printed three times, list() shows "test1" while it
     exists, and nothing is left behind."""
@@ -386,7 +339,7 @@ def _check_layout(arr: sa.ndarray, name: str) -> None:
     seg = arr.segment
     assert seg is not None and seg.name == name
     data_offset = arr.ctypes.data - seg.addr
-    assert data_offset % PAGE == 0 and data_offset >= PAGE     # §4: page-aligned data
+    assert data_offset % PAGE == 0 and data_offset >= PAGE     # page-aligned data
     assert seg.size == data_offset + arr.nbytes
 
 
@@ -655,7 +608,7 @@ def test_attach_npy_in_dev_shm(shm_name):
         sa.delete(shm_name)
 
 
-# ---------------------------------------------------------------- errors (§7)
+# ---------------------------------------------------------------- errors
 
 def test_create_existing_name(shm_name):
     a = sa.create(shm_name, 4, np.int64)
@@ -1320,7 +1273,7 @@ def test_aligned_structs_attach_with_their_flag(shm_name, dt):
 @pytest.mark.parametrize("descr", ["'|S-1'", "'|V-8'", "'<U-1'",
                                    "[('a', '|S-1')]", "'|S99999999999999999999'"])
 def test_negative_or_overflowing_itemsize_is_refused(shm_name, descr):
-    text = ("{'descr': %s, 'fortran_order': False, 'shape': (2,), }" % descr).encode()
+    text = f"{{'descr': {descr}, 'fortran_order': False, 'shape': (2,), }}".encode()
     body = text + b" " * (4096 - 10 - len(text) - 1) + b"\n"
     with open(SHM / shm_name, "wb") as f:
         f.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body)
@@ -1443,6 +1396,7 @@ def test_attach_waits_for_a_refill_then_sees_the_new_identity() -> None:
     """An attach that starts while the copy is being rewritten (the exclusive
     lock is held) waits, then reads the header as it is after the refill."""
     import threading
+
     from sharedarray.core import attach_segment, lock_exclusive
     name = _refillable_name()
     sa.from_array(name, np.arange(10.0))

@@ -15,36 +15,36 @@ permitted (it needs root or user namespaces).
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import wait_for_file, wait_until
-
 import sharedarray as sa
+
+from conftest import (
+    SHM,
+    new_pool,
+    own_temporaries,
+    private_shm_prefix,
+    private_shm_unavailable,
+    sandboxed,
+    wait_for_file,
+    wait_until,
+)
 
 pytestmark = pytest.mark.fault
 
-SHM = Path("/dev/shm")
 BIG = 1 << 18                 # float64 elements: 2 MiB, above the default threshold
 
 
 # ---------------------------------------------------------------- helpers
-
-def _mine() -> set[str]:
-    prefix = f"sa-{os.getpid()}-"
-    return {n for n in os.listdir(SHM) if n.startswith(prefix)}
-
 
 def _alive(pid: int) -> bool:
     """Running (zombies count as dead: nobody may reap orphans promptly)."""
@@ -54,43 +54,6 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
-
-
-_UNSHARE: list[bool] = []
-
-
-def _sandbox_available() -> bool:
-    """Whether ``unshare -m`` with a tmpfs on /dev/shm works here."""
-    if not _UNSHARE:
-        ok = False
-        if shutil.which("unshare") and sys.platform.startswith("linux"):
-            try:
-                ok = subprocess.run(
-                    ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                     "mount -t tmpfs -o size=1m tmpfs /dev/shm && test -z \"$(ls -A /dev/shm)\""],
-                    capture_output=True, timeout=30).returncode == 0
-            except (OSError, subprocess.SubprocessError):
-                ok = False
-        _UNSHARE.append(ok)
-    return _UNSHARE[0]
-
-
-def _require_sandbox() -> None:
-    if not _sandbox_available():
-        pytest.skip("needs `unshare -m` and a tmpfs mount for a private /dev/shm "
-                    "(root or user namespaces)")
-
-
-def _sandboxed(size: str, argv: list[str], then: str = "") -> list[str]:
-    """argv run in a private mount namespace with a ``size`` tmpfs on /dev/shm;
-    ``then`` is shell code run afterwards in the same namespace."""
-    script = (f"mount -t tmpfs -o size={size} tmpfs /dev/shm || exit 97\n"
-              f"\"$@\"\nrc=$?\n{then}\nexit $rc\n")
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *argv]
-
-
-def _pool(start_method: str, max_workers: int = 2, **kw: Any) -> sa.ProcessPoolExecutor:
-    return sa.ProcessPoolExecutor(max_workers, mp.get_context(start_method), **kw)
 
 
 # ---------------------------------------------------------------- worker functions
@@ -108,7 +71,7 @@ def big_io(x: np.ndarray, i: int) -> tuple:
 
 def test_worker_sigkilled_mid_task(start_method, tmp_path):
     flag = str(tmp_path / "never")
-    ex = _pool(start_method)
+    ex = new_pool(start_method)
     try:
         # One worker blocks, the other runs ``doomed``; two more tasks queue up.
         waiting = [ex.submit(wait_for_file, flag, np.full(BIG, 1.0))]
@@ -124,11 +87,11 @@ def test_worker_sigkilled_mid_task(start_method, tmp_path):
     finally:
         ex.shutdown()
     del waiting, doomed
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 def test_worker_killed_by_parent_with_large_io_in_flight(start_method):
-    ex = _pool(start_method)
+    ex = new_pool(start_method)
     try:
         inputs = [np.full(BIG, float(i)) for i in range(8)]
         futs = [ex.submit(big_io, inputs[i % 8], i) for i in range(60)]
@@ -147,9 +110,9 @@ def test_worker_killed_by_parent_with_large_io_in_flight(start_method):
     finally:
         ex.shutdown()
     # Only the results we hold are left; results that never arrived are gone.
-    assert _mine() == {r.segment.name for r in held}
+    assert own_temporaries() == {r.segment.name for r in held}
     del held, r, futs, f
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
     assert not _alive(victim)
 
 
@@ -187,14 +150,14 @@ def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
     """SIGKILL the parent while large inputs and results are in flight: within
     10 s its workers, tracker and forkserver are gone, and its private /dev/shm
     holds nothing: no segment, no semaphore."""
-    _require_sandbox()
+    private_shm_prefix()                   # skips where not permitted
     pytest.importorskip("psutil")          # the script lists its children with it
     script = tmp_path / "parent.py"
     script.write_text(PARENT_SCRIPT)
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     # After the script dies the shell becomes a ``sleep`` that keeps the namespace.
-    argv = _sandboxed("512m", [sys.executable, str(script), start_method],
-                      then="exec sleep 300")
+    argv = sandboxed("512m", [sys.executable, str(script), start_method],
+                     then="exec sleep 300")
     with open(out, "w") as fo, open(err, "w") as fe:
         witness = subprocess.Popen(argv, stdout=fo, stderr=fe, cwd=tmp_path,
                                    start_new_session=True)
@@ -266,13 +229,14 @@ if __name__ == "__main__":
 def test_tiny_dev_shm_falls_back_to_pickling(start_method, tmp_path):
     """An 8 MiB /dev/shm: a 32 MiB input and a 32 MiB result go by pickling,
     with a warning; values are right and nothing is left behind."""
-    _require_sandbox()
+    private_shm_prefix()                   # skips where not permitted
     script = tmp_path / "tiny.py"
     script.write_text(TINY_SCRIPT)
     # -W always: the worker's warning about the result reaches its stderr too.
-    argv = _sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method],
-                      then=("i=0; while [ -n \"$(ls -A /dev/shm)\" ] && [ $i -lt 100 ]; do "
-                            "sleep 0.1; i=$((i+1)); done; echo \"LEFT:$(ls -A /dev/shm | tr '\\n' ' ')\""))
+    argv = sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method],
+                     then=("i=0; while [ -n \"$(ls -A /dev/shm)\" ] && [ $i -lt 100 ]; do "
+                           "sleep 0.1; i=$((i+1)); done; "
+                           "echo \"LEFT:$(ls -A /dev/shm | tr '\\n' ' ')\""))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -320,10 +284,10 @@ if __name__ == "__main__":
 def test_spare_copy_gives_way_when_dev_shm_is_full(start_method, tmp_path):
     """Docker's 64 MiB /dev/shm: a released 12 MiB copy kept for reuse is
     unlinked when a 56 MiB input needs the room, with no fallback."""
-    _require_sandbox()
+    private_shm_prefix()                   # skips where not permitted
     script = tmp_path / "spare.py"
     script.write_text(SPARE_SCRIPT)
-    argv = _sandboxed("64m", [sys.executable, str(script), start_method])
+    argv = sandboxed("64m", [sys.executable, str(script), start_method])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -350,7 +314,8 @@ def snapshot():
     with open("/proc/self/maps") as f:
         maps = f.read().splitlines()
     return {"shm": sorted(n for n in os.listdir("/dev/shm")
-                          if not own or n.startswith((f"sa-{os.getpid()}-", f".sa-tmp-{os.getpid()}-"))),
+                          if not own
+                          or n.startswith((f"sa-{os.getpid()}-", f".sa-tmp-{os.getpid()}-"))),
             "fds": len(os.listdir("/proc/self/fd")),
             "maps": len(maps),
             "file_maps": sum(1 for m in maps if m.split()[4] != "0"),
@@ -385,6 +350,7 @@ if __name__ == "__main__":
 CYCLES = {"fork": 1000, "forkserver": 30, "spawn": 30}
 
 
+@pytest.mark.slow
 def test_create_shutdown_cycles_do_not_grow(start_method, tmp_path):
     """Create a pool, run one task with a shared input and result, shut it down:
     1,000 times with fork, but only 30 times with forkserver and spawn, where
@@ -401,11 +367,11 @@ def test_create_shutdown_cycles_do_not_grow(start_method, tmp_path):
     script = tmp_path / "cycles.py"
     script.write_text(CYCLES_SCRIPT)
     n = CYCLES[start_method]
-    sandbox = _sandbox_available()
+    sandbox = private_shm_unavailable() is None
     argv = [sys.executable, str(script), start_method, str(n), "10",
             "all" if sandbox else "own"]
     if sandbox:
-        argv = _sandboxed("64m", argv)
+        argv = sandboxed("64m", argv)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first, mid, last = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -568,10 +534,9 @@ if __name__ == "__main__":
 
 
 def test_small_dev_shm_warns_once_per_process(start_method, tmp_path):
-    _require_sandbox()
     script = tmp_path / "warnings.py"
     script.write_text(MANY_WARNINGS_SCRIPT)
-    argv = _sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method])
+    argv = sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])

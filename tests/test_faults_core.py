@@ -22,8 +22,8 @@ import sys
 import pytest
 
 import sharedarray as sa
-from conftest import SHM
-from test_core import private_shm_prefix
+
+from conftest import SHM, private_shm_prefix
 
 FUZZ_CASES = int(os.environ.get("SA_FUZZ_CASES", "1500"))
 RACE_ITERATIONS = int(os.environ.get("SA_RACE_ITERATIONS", "300"))
@@ -172,7 +172,8 @@ def g_bad_descr():
 
 
 def g_object_descr():
-    return npy(dict_text(rng.choice(OBJECT_DESCRS), False, rng.choice([(3,), (0,), ()]))) + bytes(512)
+    descr = rng.choice(OBJECT_DESCRS)
+    return npy(dict_text(descr, False, rng.choice([(3,), (0,), ()]))) + bytes(512)
 
 
 NON_DICTS = ["[1, 2]", "None", "'x'", "(1, 2)", "{1, 2}", "{}", "3", "{'descr': '<f8'}",
@@ -250,7 +251,8 @@ def g_huge_numbers():
 
 def g_bad_unicode():
     if rng.random() < 0.5:                    # v3 header that is not UTF-8
-        return npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), '\xff\xfe': 1}", 3) + bytes(8)
+        return npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), "
+                   b"'\xff\xfe': 1}", 3) + bytes(8)
     return npy(b"{'descr': '<f8', \x93\x00'fortran_order': False, 'shape': (1,)}", 1) + bytes(8)
 
 

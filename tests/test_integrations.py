@@ -17,9 +17,8 @@ import os
 import pickle
 import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,9 +26,8 @@ import pytest
 import sharedarray as sa
 from sharedarray.core import segment_of
 
-from conftest import private_shm_unavailable, run_python, wait_until
+from conftest import SHM, private_shm_unavailable, run_python, wait_until
 
-SHM = Path("/dev/shm")
 MiB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 

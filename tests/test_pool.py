@@ -1,4 +1,4 @@
-"""Behaviour of sharedarray.ProcessPoolExecutor (SPEC §6), under every start method.
+"""Behaviour of sharedarray.ProcessPoolExecutor, under every start method.
 
 Each behaviour is written once and runs under fork, forkserver and spawn, like
 CPython's ``ProcessPool{Fork,Forkserver,Spawn}Mixin``: the module-scoped
@@ -27,36 +27,32 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import wait_for_file, wait_until
-
 import sharedarray as sa
 import sharedarray.pool as sa_pool
 
-START_METHODS = ["fork", "forkserver", "spawn"]
+from conftest import (
+    START_METHODS,
+    new_pool,
+    own_temporaries,
+    shm_exists,
+    wait_for_file,
+    wait_until,
+)
+
 THRESHOLD = 1 << 20                      # the executor's default
 BIG = (THRESHOLD // 8) * 2               # float64 elements: 2 MiB, above it
 SMALL = 128                              # float64 elements: 1 KiB, below it
-SHM = Path("/dev/shm")
 
 
 # ---------------------------------------------------------------- helpers
-
-def _mine() -> set[str]:
-    """Library temporaries of this process (``sa-<pid>-*``) in /dev/shm."""
-    prefix = f"sa-{os.getpid()}-"
-    return {n for n in os.listdir(SHM) if n.startswith(prefix)}
-
-
-def _exists(name: str) -> bool:
-    return (SHM / name).exists()
-
 
 def _big(offset: float = 0.0) -> np.ndarray:
     return np.arange(BIG, dtype=np.float64) + offset
@@ -226,10 +222,6 @@ def pool(start_method: str):
     ex.shutdown(wait=True)
 
 
-def _new_pool(start_method: str, max_workers: int = 2, **kw: Any) -> sa.ProcessPoolExecutor:
-    return sa.ProcessPoolExecutor(max_workers, mp.get_context(start_method), **kw)
-
-
 # ---------------------------------------------------------------- basics
 
 def test_is_a_standard_process_pool_executor(pool):
@@ -280,7 +272,7 @@ def test_unpicklable_argument_fails_the_future_only(pool):
     # The pool is still usable, and the big array's temporary copy made while
     # pickling the failed task does not stay behind.
     assert pool.submit(square, 4).result() == 16
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 def test_unpicklable_result_fails_the_future_only(pool):
@@ -347,16 +339,16 @@ def test_shared_array_written_through(pool):
     assert d["segment"] == b.segment.name and d["writeable"]
     assert np.all(b == 6.0)
     # The pool did not unlink the parent's share()d arrays.
-    assert _exists(a.segment.name) and _exists(b.segment.name)
+    assert shm_exists(a.segment.name) and shm_exists(b.segment.name)
     names = [a.segment.name, b.segment.name]
     del a, b, d
-    assert wait_until(lambda: not any(_exists(n) for n in names), 10)
+    assert wait_until(lambda: not any(shm_exists(n) for n in names), 10)
 
 
 def test_created_arrays_survive_shutdown(start_method, shm_name):
     arr = sa.create(shm_name, (BIG,), np.float64)
     try:
-        with _new_pool(start_method) as ex:
+        with new_pool(start_method) as ex:
             assert ex.submit(write_all, [arr], 5.0).result() == "done"
             assert ex.submit(describe_nested, Box(arr)).result()["segment"] == shm_name
         assert sa.exists(shm_name)
@@ -444,12 +436,13 @@ def test_distinct_arrays_get_distinct_copies(pool):
 
 def test_one_copy_for_repeated_references_in_one_task(pool):
     arr = _big()
-    got = pool.submit(lambda xs: [describe(x)["segment"] for x in xs], [arr, arr, {"k": arr}["k"]]).result()
+    got = pool.submit(lambda xs: [describe(x)["segment"] for x in xs],
+                      [arr, arr, {"k": arr}["k"]]).result()
     assert len(set(got)) == 1
 
 
 def test_threshold_none_sends_plain_arrays_both_ways(start_method):
-    with _new_pool(start_method, share_threshold=None) as ex:
+    with new_pool(start_method, share_threshold=None) as ex:
         arr = _big()
         for kind in ["direct", "list", "closure"]:
             fn, args = _nest(kind, arr)
@@ -463,7 +456,7 @@ def test_threshold_none_sends_plain_arrays_both_ways(start_method):
         assert ex.submit(write_all, s, 9.0).result() == "done"
         assert np.all(s == 9.0)
         del s
-        assert not _mine() or wait_until(lambda: not _mine(), 10)
+        assert not own_temporaries() or wait_until(lambda: not own_temporaries(), 10)
 
 
 # ---------------------------------------------------------------- results
@@ -476,7 +469,7 @@ def test_large_result_comes_back_shared_and_owned(pool):
     assert np.all(r == 3.5)
     name = r.segment.name
     assert name.startswith(f"sa-{os.getpid()}-")
-    assert _exists(name)
+    assert shm_exists(name)
     # Writable here, and handed to the next task as the same memory.
     r[0] = -1.0
     d = pool.submit(double_in_place, r).result()
@@ -485,13 +478,13 @@ def test_large_result_comes_back_shared_and_owned(pool):
     # Not unlinked while held, even after more tasks and collections.
     list(pool.map(square, range(10)))
     gc.collect()
-    assert _exists(name)
+    assert shm_exists(name)
     view = r[::2]
     del r
     gc.collect()
-    assert _exists(name) and view[1] == 7.0
+    assert shm_exists(name) and view[1] == 7.0
     del view, d
-    assert wait_until(lambda: not _exists(name), 10), name
+    assert wait_until(lambda: not shm_exists(name), 10), name
 
 
 def test_nested_results(pool):
@@ -502,9 +495,9 @@ def test_nested_results(pool):
     assert np.all(b == 1)
     assert type(small) is np.ndarray and np.array_equal(small, np.arange(4))
     names = [a.segment.name, b.segment.name]
-    assert names[0] != names[1] and all(_exists(n) for n in names)
+    assert names[0] != names[1] and all(shm_exists(n) for n in names)
     del res, a, b
-    assert wait_until(lambda: not any(_exists(n) for n in names), 10)
+    assert wait_until(lambda: not any(shm_exists(n) for n in names), 10)
 
 
 def test_result_layouts_and_dtypes(pool):
@@ -525,17 +518,17 @@ def test_small_result_is_plain(pool):
 
 
 def test_result_survives_shutdown(start_method):
-    with _new_pool(start_method) as ex:
+    with new_pool(start_method) as ex:
         keep = ex.submit(make_result, BIG, 4.0).result()
         drop = ex.submit(make_result, BIG, 5.0).result()
         dropped = drop.segment.name
         del drop
     name = keep.segment.name
-    assert _mine() == {name}
-    assert not _exists(dropped)
+    assert own_temporaries() == {name}
+    assert not shm_exists(dropped)
     assert np.all(keep == 4.0)
     del keep
-    assert wait_until(lambda: not _exists(name), 10)
+    assert wait_until(lambda: not shm_exists(name), 10)
 
 
 # ---------------------------------------------------------------- temporaries
@@ -547,7 +540,7 @@ def test_input_temporary_unlinked_when_its_task_is_done(pool):
     assert name.startswith(f"sa-{os.getpid()}-")
     # The caller still holds ``arr``: the copy goes because no task needs it
     # (after the few milliseconds a spare lives in these tests).
-    assert wait_until(lambda: not _exists(name), 5), name
+    assert wait_until(lambda: not shm_exists(name), 5), name
     assert type(arr) is np.ndarray
 
 
@@ -559,18 +552,18 @@ def test_input_temporary_kept_while_a_pending_task_needs_it(pool, tmp_path):
     name = first["segment"]
     time.sleep(0.1)
     gc.collect()
-    assert _exists(name)               # ``blocker`` still needs it
+    assert shm_exists(name)               # ``blocker`` still needs it
     Path(flag).touch()
     out = blocker.result()
     assert type(out) is sa.ndarray and out.segment.name == name   # the very copy
     del out, blocker
-    assert wait_until(lambda: not _exists(name), 5), name
+    assert wait_until(lambda: not shm_exists(name), 5), name
 
 
 @pytest.mark.parametrize("how", ["shutdown", "with"])
 def test_no_temporaries_after_shutdown(start_method, how):
     arrs = [_big(i) for i in range(3)]
-    ex = _new_pool(start_method)
+    ex = new_pool(start_method)
     futs = [ex.submit(describe_nested, Box(a)) for a in arrs * 3]
     futs += [ex.submit(make_result, BIG, float(i)) for i in range(4)]
     kept = futs[-1].result()
@@ -583,14 +576,14 @@ def test_no_temporaries_after_shutdown(start_method, how):
         assert f.result()["shared"]
     del futs
     gc.collect()
-    assert _mine() == {kept.segment.name}
+    assert own_temporaries() == {kept.segment.name}
     del kept
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 def test_shutdown_cancel_futures(start_method, tmp_path):
     flag = str(tmp_path / "go")
-    ex = _new_pool(start_method, max_workers=1)
+    ex = new_pool(start_method, max_workers=1)
     arr = _big()
     blocker = ex.submit(wait_for_file, flag, "released")
     futs = [ex.submit(describe, arr) for _ in range(20)]
@@ -598,7 +591,7 @@ def test_shutdown_cancel_futures(start_method, tmp_path):
     stopper.start()
     try:
         # Pending futures are cancelled while the only worker is still busy.
-        assert wait_until(lambda: futs[-1].cancelled(), 30)
+        assert wait_until(futs[-1].cancelled, 30)
     finally:
         Path(flag).touch()
         stopper.join(60)
@@ -613,11 +606,11 @@ def test_shutdown_cancel_futures(start_method, tmp_path):
     with pytest.raises(RuntimeError):
         ex.submit(square, 2)
     del futs, done, cancelled
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 def test_submit_after_shutdown_raises(start_method):
-    ex = _new_pool(start_method)
+    ex = new_pool(start_method)
     assert ex.submit(square, 2).result() == 4
     ex.shutdown()
     with pytest.raises(RuntimeError):
@@ -631,10 +624,10 @@ def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, t
     """Standard behaviour: after ``shutdown(wait=False)`` pending futures still
     complete, whether the executor is then collected or shut down again."""
     flag = str(tmp_path / "go")
-    ex = _new_pool(start_method, max_workers=1)
+    ex = new_pool(start_method, max_workers=1)
     futs = [ex.submit(wait_for_file, flag, Box(_big(i))) for i in range(5)]
     # Wait until the first tasks are pickled (their temporaries exist).
-    assert wait_until(lambda: len(_mine()) >= 2, 30)
+    assert wait_until(lambda: len(own_temporaries()) >= 2, 30)
     ex.shutdown(wait=False)
     if how == "drop":
         ref = weakref.ref(ex)
@@ -646,7 +639,7 @@ def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, t
     sums = [float(f.result(timeout=60).payload.sum()) for f in futs]
     assert sums == [float(_big(i).sum()) for i in range(5)]
     del futs
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 # ---------------------------------------------------------------- reuse of released copies
@@ -672,9 +665,9 @@ def _first_copy(ex: sa.ProcessPoolExecutor, fn: Callable, arr: np.ndarray) -> An
 
 
 def test_released_copy_takes_the_next_array_of_its_size(start_method):
-    with _keep_spares(_new_pool(start_method)) as ex:
+    with _keep_spares(new_pool(start_method)) as ex:
         name = _first_copy(ex, describe, _big(1.0))["segment"]
-        assert wait_until(lambda: _spares(ex) == [name]) and _mine() == {name}
+        assert wait_until(lambda: _spares(ex) == [name]) and own_temporaries() == {name}
         # A fresh array of the same size is copied into it, not into a new one.
         d = ex.submit(describe, _big(2.0)).result()
         assert d["segment"] == name and not d["writeable"]
@@ -692,7 +685,7 @@ def test_released_copy_takes_the_next_array_of_its_size(start_method):
         d = ex.submit(describe, np.ones(BIG + 512)).result()
         assert d["segment"] != name and d["sum"] == BIG + 512
         assert wait_until(lambda: len(_spares(ex)) == 2, 10)
-    assert not _mine()                  # shutdown unlinks spares at once
+    assert not own_temporaries()                  # shutdown unlinks spares at once
 
 
 @pytest.mark.parametrize("how", ["kept", "returned", "raised"])
@@ -700,7 +693,7 @@ def test_copy_a_worker_still_maps_is_never_refilled(start_method, how):
     """A copy is refilled only when no process maps it: a worker that
     keeps its input, returns a view of it or fails with it live in a
     traceback must go on seeing the old contents."""
-    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
         first = _big(1.0)
         view = None
         if how == "kept":
@@ -722,11 +715,11 @@ def test_copy_a_worker_still_maps_is_never_refilled(start_method, how):
         else:
             assert ex.submit(kept_sums).result() == [float(first.sum())]
         del view
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 def test_handle_to_refilled_copy_is_stale(start_method):
-    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
         blob = _first_copy(ex, pickle.dumps, _big(1.0))   # the worker's handle
         assert pickle.loads(blob).sum() == float(_big(1.0).sum())
         gc.collect()
@@ -737,7 +730,7 @@ def test_handle_to_refilled_copy_is_stale(start_method):
 
 
 def test_spares_are_bounded_and_expire(start_method):
-    with _new_pool(start_method) as ex:
+    with new_pool(start_method) as ex:
         spares = ex._sa_pool.spares
         spares.ttl = 1.0
         arrs = [_big(float(i)) for i in range(8)]
@@ -746,7 +739,7 @@ def test_spares_are_bounded_and_expire(start_method):
         assert wait_until(lambda: _idle(ex), 10)
         assert 1 <= len(_spares(ex)) <= spares.count
         # Unused for the lifetime: unlinked without a shutdown.
-        assert wait_until(lambda: not _mine(), 10), _mine()
+        assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
         # A byte budget too: here room for one copy.
         spares.budget = BIG * 8 + 4096
         list(ex.map(describe, arrs))
@@ -785,7 +778,7 @@ def test_a_third_process_keeps_its_view_of_a_copy(start_method):
     helper = ctx.Process(target=hold_and_report, args=(inbox, outbox))
     helper.start()
     try:
-        with _keep_spares(_new_pool(start_method, max_workers=1, initializer=set_queue,
+        with _keep_spares(new_pool(start_method, max_workers=1, initializer=set_queue,
                                     initargs=(inbox,))) as ex:
             first = _big(1.0)
             name = _first_copy(ex, pass_on, first)
@@ -819,7 +812,7 @@ def unpickle_in_a_loop(blob: bytes, expect: float, rounds: int, outbox: Any) -> 
             continue
         attached += 1
         for _ in range(3):
-            if not (arr[0] == expect and arr[-1] == expect and float(arr.sum()) == expect * arr.size):
+            if not (arr[0] == expect == arr[-1] and float(arr.sum()) == expect * arr.size):
                 wrong += 1
                 break
             time.sleep(0.001)
@@ -833,7 +826,7 @@ def test_old_handle_never_shows_a_refill(start_method):
     StaleHandleError; never the new contents."""
     ctx = mp.get_context(start_method)
     outbox = ctx.Queue()
-    with _keep_spares(_new_pool(start_method, max_workers=1)) as ex:
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
         blob = _first_copy(ex, pickle.dumps, np.full(BIG, 7.0))
         gc.collect()
         helper = ctx.Process(target=unpickle_in_a_loop, args=(blob, 7.0, 400, outbox))
@@ -859,7 +852,7 @@ def test_array_changed_between_submits_reaches_the_second_task_changed(start_met
     """As with the standard executor: a task sees its arguments as of a
     moment at or after its submit(), not an older copy still in use."""
     flag = str(tmp_path / "go")
-    with _new_pool(start_method) as ex:
+    with new_pool(start_method) as ex:
         x = _big(1.0)
         first = ex.submit(wait_for_file, flag, x)        # keeps x's copy leased
         assert wait_until(lambda: not _idle(ex), 10)
@@ -872,7 +865,7 @@ def test_array_changed_between_submits_reaches_the_second_task_changed(start_met
 
 def test_unchanged_array_submitted_again_shares_one_copy(start_method, tmp_path):
     flag = str(tmp_path / "go")
-    with _new_pool(start_method) as ex:
+    with new_pool(start_method) as ex:
         x = _big(3.0)
         first = ex.submit(wait_for_file, flag, x)
         names = {ex.submit(describe, x).result(timeout=60)["segment"] for _ in range(4)}
@@ -885,7 +878,7 @@ def test_unchanged_array_submitted_again_shares_one_copy(start_method, tmp_path)
 @pytest.mark.parametrize("change", ["nan payload", "negative zero", "one byte"])
 def test_snapshot_compares_bytes_not_values(start_method, tmp_path, change):
     flag = str(tmp_path / "go")
-    with _new_pool(start_method) as ex:
+    with new_pool(start_method) as ex:
         x = np.zeros(BIG)
         first = ex.submit(wait_for_file, flag, x)
         assert wait_until(lambda: not _idle(ex), 10)
@@ -907,7 +900,7 @@ def test_snapshot_compares_bytes_not_values(start_method, tmp_path, change):
 
 def test_initializer_runs_in_each_worker(start_method):
     init_arr = sa.share(np.full(SMALL, 2.0))
-    with _new_pool(start_method, initializer=init_worker, initargs=("tagged", init_arr)) as ex:
+    with new_pool(start_method, initializer=init_worker, initargs=("tagged", init_arr)) as ex:
         got = list(ex.map(read_init_state, range(8)))
     assert {g[1] for g in got} == {"tagged"}
     assert {g[2] for g in got} == {init_arr.segment.name}      # a handle, not a copy
@@ -917,11 +910,11 @@ def test_initializer_runs_in_each_worker(start_method):
 
 def test_initializer_must_be_callable(start_method):
     with pytest.raises(TypeError):
-        _new_pool(start_method, initializer=42)
+        new_pool(start_method, initializer=42)
 
 
 def test_initializer_failure_breaks_the_pool(start_method):
-    ex = _new_pool(start_method, initializer=init_fail)
+    ex = new_pool(start_method, initializer=init_fail)
     try:
         fut = ex.submit(square, 3)
         with pytest.raises(BrokenProcessPool):
@@ -933,23 +926,23 @@ def test_initializer_failure_breaks_the_pool(start_method):
 
 
 def test_task_that_cannot_be_unpickled_breaks_the_pool(start_method):
-    ex = _new_pool(start_method)
+    ex = new_pool(start_method)
     try:
         fut = ex.submit(ident, [UnpicklableInWorker(), _big()])
         with pytest.raises(BrokenProcessPool):
             fut.result(timeout=60)
     finally:
         ex.shutdown()
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is 3.11+")
 def test_max_tasks_per_child(start_method):
     if start_method == "fork":
         with pytest.raises(ValueError, match="fork"):
-            _new_pool(start_method, max_workers=1, max_tasks_per_child=2)
+            new_pool(start_method, max_workers=1, max_tasks_per_child=2)
         return
-    with _new_pool(start_method, max_workers=1, max_tasks_per_child=2) as ex:
+    with new_pool(start_method, max_workers=1, max_tasks_per_child=2) as ex:
         pids = [ex.submit(getpid).result() for _ in range(4)]
         r = ex.submit(make_result, BIG, 1.0).result()
     assert pids[0] == pids[1] != pids[2] == pids[3], pids
@@ -959,7 +952,7 @@ def test_max_tasks_per_child(start_method):
 @pytest.mark.skipif(sys.version_info >= (3, 11), reason="max_tasks_per_child exists")
 def test_max_tasks_per_child_needs_311(start_method):
     with pytest.raises(TypeError):
-        _new_pool(start_method, max_tasks_per_child=2)
+        new_pool(start_method, max_tasks_per_child=2)
 
 
 def test_share_threshold_validation():
@@ -969,13 +962,13 @@ def test_share_threshold_validation():
 
 def test_zero_threshold_with_empty_and_scalar_arrays(start_method):
     """``share_threshold=0`` shares every array; empty and 0-d ones too must work."""
-    with _new_pool(start_method, max_workers=1, share_threshold=0) as ex:
+    with new_pool(start_method, max_workers=1, share_threshold=0) as ex:
         for v in [np.zeros(0), np.zeros((3, 0)), np.array(2.5), np.arange(3)]:
             r = ex.submit(ident, [v]).result()[0]
             assert r.shape == v.shape and r.dtype == v.dtype
             assert np.array_equal(np.asarray(r), v)
         del r
-    assert wait_until(lambda: not _mine(), 10), _mine()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
 # ---------------------------------------------------------------- __main__ functions

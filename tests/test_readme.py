@@ -16,17 +16,17 @@ processes (a file lock).
 from __future__ import annotations
 
 import fcntl
-import functools
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
-from conftest import private_shm_unavailable
+from conftest import private_shm_prefix, private_shm_unavailable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NO_RUN = "<!-- no-run -->"
@@ -81,12 +81,6 @@ def python_blocks(markdown: str) -> Iterator[Block]:
         previous = ""
 
 
-@functools.lru_cache(maxsize=None)
-def private_shm() -> str | None:
-    """None if blocks can get a private /dev/shm here, else the reason."""
-    return private_shm_unavailable()
-
-
 def _blocks() -> list:
     try:
         text = README.read_text(encoding="utf8")
@@ -100,8 +94,8 @@ def test_readme_block(block: Block, tmp_path: Path) -> None:
     script = tmp_path / f"readme_{block.line}.py"
     script.write_text(block.code, encoding="utf8")
     cmd = [sys.executable, str(script)]
-    if private_shm() is None:
-        cmd = ["unshare", "-m", "sh", "-c",
+    if private_shm_unavailable() is None:
+        cmd = [*private_shm_prefix(), "sh", "-c",
                'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$@"', "sh", *cmd]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
                               timeout=TIMEOUT)

@@ -1,6 +1,6 @@
-"""Issue 3: shared arrays pickle as small handles (sharedarray/reduction.py).
+"""Shared arrays pickle as small handles (sharedarray/reduction.py).
 
-What is checked here, against SPEC.md section 3 (share, by_value) and 5:
+What is checked here (pickling, ``share`` and ``by_value``):
 
 * any view of a shared array, pickled and unpickled in another process, is a
   view of the same memory with the same dtype, shape, strides and writability
@@ -39,7 +39,6 @@ import threading
 import time
 import traceback
 from multiprocessing.reduction import ForkingPickler
-from pathlib import Path
 
 import cloudpickle
 import numpy as np
@@ -52,9 +51,8 @@ import sharedarray as sa
 from sharedarray import reduction
 from sharedarray.core import segment_of
 
-from conftest import SESSION, run_python
+from conftest import SESSION, SHM, run_python, shm_exists, unlink_quietly
 
-SHM = Path("/dev/shm")
 HANDLE_LIMIT = 512          # "at most a few hundred bytes"
 _names = itertools.count()
 
@@ -67,25 +65,14 @@ def _name(tag: str = "r") -> str:
     return f"sat-{os.getpid()}-{SESSION}-{tag}{next(_names)}-{os.urandom(2).hex()}"
 
 
-def _exists(name: str) -> bool:
-    return (SHM / name).exists()
-
-
 def _wait_gone(name: str, timeout: float = 5.0) -> bool:
     """Poll /dev/shm until ``name`` disappears (True) or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
-    while _exists(name):
+    while shm_exists(name):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
     return True
-
-
-def _unlink_quietly(name: str) -> None:
-    try:
-        os.unlink(SHM / name)
-    except FileNotFoundError:
-        pass
 
 
 def _mappings(name: str) -> int:
@@ -878,7 +865,7 @@ def test_deleted_name_still_mapped_is_reused(shm_name):
     h = pickle.dumps(a[::2])
     h_ro = pickle.dumps(sa.attach(shm_name, ro=True)[1::2])
     sa.delete(shm_name)
-    assert not _exists(shm_name)
+    assert not shm_exists(shm_name)
     w = pickle.loads(h)
     assert w.segment is a.segment and w.tolist() == [0, 2, 4, 6]
     w[...] = -1
@@ -1065,17 +1052,17 @@ def test_share_unlinked_when_last_reference_dies():
     a = sa.share(np.arange(100.0))
     name = a.segment.name
     assert name.startswith(f"sa-{os.getpid()}-") and len(name) <= 30
-    assert _exists(name)
+    assert shm_exists(name)
     v = a[::3]
     h = pickle.dumps(v)
     del a
     _collect()
-    assert _exists(name)                        # a view still uses it
+    assert shm_exists(name)                        # a view still uses it
     w = pickle.loads(h)                         # and handles reuse it
     assert w.segment is v.segment
     del v, w
     _collect()
-    assert not _exists(name)
+    assert not shm_exists(name)
     with pytest.raises(FileNotFoundError):
         pickle.loads(h)
 
@@ -1093,11 +1080,11 @@ def test_share_unlinked_at_interpreter_exit():
     names = out.stdout.split()
     try:
         assert len(names) == 4
-        assert [n for n in names if _exists(n)] == []
+        assert [n for n in names if shm_exists(n)] == []
         assert not any(m in out.stderr for m in _BAD_STDERR), out.stderr
     finally:
         for n in names:
-            _unlink_quietly(n)
+            unlink_quietly(n)
 
 
 def _popen(code: str, *args: str) -> subprocess.Popen:
@@ -1116,7 +1103,7 @@ def test_share_unlinked_after_creator_sigkill():
     p = _popen(code)
     name = p.stdout.readline().strip()
     try:
-        assert name.startswith("sa-") and _exists(name)
+        assert name.startswith("sa-") and shm_exists(name)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         assert _wait_gone(name, 5.0), f"{name} still exists 5 s after SIGKILL"
@@ -1128,7 +1115,7 @@ def test_share_unlinked_after_creator_sigkill():
             p.kill()
             p.communicate()
         if name:
-            _unlink_quietly(name)
+            unlink_quietly(name)
 
 
 _ATTACHER = textwrap.dedent("""
@@ -1157,12 +1144,12 @@ def test_attaching_process_never_unlinks(how):
         _, err = p.communicate(timeout=60)
         assert p.returncode == (-signal.SIGKILL if how == "sigkill" else 0), err
         assert not any(m in err for m in _BAD_STDERR), err
-        assert _exists(name)
+        assert shm_exists(name)
         assert (a[10:20] == 5).all() and a.sum() == 50
     finally:
         del a
         _collect()
-    assert not _exists(name)
+    assert not shm_exists(name)
 
 
 def _attach_and_exit(data: bytes) -> None:
@@ -1183,11 +1170,11 @@ def test_attaching_mp_children_never_unlink(start_method):
                         args=(pickle.dumps([a[4:8], a[::-1]]),))
         p.start()
         _joined(p)
-        assert _exists(name) and a.tolist() == [1] * 4 + [2] * 4 + [1] * 8
+        assert shm_exists(name) and a.tolist() == [1] * 4 + [2] * 4 + [1] * 8
     finally:
         del a
         _collect()
-    assert not _exists(name)
+    assert not shm_exists(name)
 
 
 _TRACKER_SCRIPT = textwrap.dedent("""
@@ -1230,10 +1217,10 @@ def test_tracker_shared_by_many_processes_stays_quiet(tmp_path):
         assert out.returncode == 0, out.stderr
         assert len(names) == 3 * 9
         assert not any(m in out.stderr for m in _BAD_STDERR), out.stderr
-        assert [n for n in names if _exists(n)] == []
+        assert [n for n in names if shm_exists(n)] == []
     finally:
         for n in names:
-            _unlink_quietly(n)
+            unlink_quietly(n)
 
 
 def test_owning_twice_releases_once(tmp_path):
@@ -1257,7 +1244,7 @@ def test_owning_twice_releases_once(tmp_path):
     """)
     out = run_python(code)
     name = out.stdout.strip()
-    _unlink_quietly(name)
+    unlink_quietly(name)
     assert name.startswith("sa-")
     assert not any(m in out.stderr for m in _BAD_STDERR), out.stderr
 
@@ -1281,11 +1268,11 @@ def test_fork_child_uses_parent_share_and_never_unlinks():
                         args=(pickle.dumps(a[2:5]), id(a.segment)))
         p.start()
         _joined(p)
-        assert _exists(name) and a.tolist() == [0, 0, 3, 3, 3, 0, 0, 0, 0, 0]
+        assert shm_exists(name) and a.tolist() == [0, 0, 3, 3, 3, 0, 0, 0, 0, 0]
     finally:
         del a
         _collect()
-    assert not _exists(name)
+    assert not shm_exists(name)
 
 
 def test_fork_child_gc_and_exit_never_unlink():
@@ -1320,11 +1307,11 @@ def test_fork_child_gc_and_exit_never_unlink():
     names = out.stdout.split()
     try:
         assert len(names) == 2
-        assert [n for n in names if _exists(n)] == []     # gone with the parent
+        assert [n for n in names if shm_exists(n)] == []     # gone with the parent
         assert not any(m in out.stderr for m in _BAD_STDERR), out.stderr
     finally:
         for n in names:
-            _unlink_quietly(n)
+            unlink_quietly(n)
 
 
 # ============================================================ plain .npy files
@@ -1406,7 +1393,7 @@ _FORGED_IN_CHILD = textwrap.dedent("""
 
 
 def test_forged_handles_are_refused_before_numpy_sees_them(shm_name):
-    a = sa.from_array(shm_name, np.arange(64.0))
+    sa.from_array(shm_name, np.arange(64.0))
     try:
         out = run_python(_FORGED_IN_CHILD, shm_name).stdout.splitlines()
     finally:
@@ -1437,7 +1424,7 @@ def test_accepted_handles_stay_inside_the_data(offset, shape, strides, forged_ta
     start = a.segment.meta.offset
     lo = hi = v.__array_interface__["data"][0] - a.segment.addr
     if v.size:
-        for n, s in zip(v.shape, v.strides):
+        for n, s in zip(v.shape, v.strides, strict=True):
             lo += min(0, s * (n - 1))
             hi += max(0, s * (n - 1))
         hi += v.itemsize

@@ -98,7 +98,7 @@ _SLOW = {
     "test_wait.*.test_first_exception_one_already_failed": 2.0,
 }
 QUICK_EXCLUDE = [
-    pat.replace(".*.", ".ProcessPool%s*." % method, 1)
+    pat.replace(".*.", f".ProcessPool{method}*.", 1)
     for pat in _SLOW for method in ("Forkserver", "Spawn")
 ]
 
@@ -355,7 +355,8 @@ class Result(unittest.TestResult):
 
     def addUnexpectedSuccess(self, test):
         super().addUnexpectedSuccess(test)
-        self._bad(test, "UNEXPECTED SUCCESS", (AssertionError, AssertionError("unexpected success"), None))
+        self._bad(test, "UNEXPECTED SUCCESS",
+                  (AssertionError, AssertionError("unexpected success"), None))
 
     def stopTest(self, test):
         super().stopTest(test)
@@ -391,7 +392,7 @@ def find_python():
     if pyenv:
         try:
             r = subprocess.run([pyenv, "root"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, universal_newlines=True,
+                               stderr=subprocess.DEVNULL, text=True,
                                timeout=30)
             if r.returncode == 0 and r.stdout.strip():
                 roots.append(r.stdout.strip())
@@ -433,7 +434,7 @@ def test_package_dir(python):
          "import importlib.util as u, sys; "
          "s = u.find_spec('test'); "
          "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     d = os.path.join(r.stdout.strip(), "test_concurrent_futures")
     return d if r.returncode == 0 and r.stdout.strip() and os.path.isdir(d) else None
 
@@ -443,7 +444,7 @@ def parse_expect(entries):
     for e in entries:
         tid, sep, reason = e.partition("=")
         if not tid:
-            raise SystemExit("--expect-fail needs TESTID=reason, got %r" % (e,))
+            raise SystemExit(f"--expect-fail needs TESTID=reason, got {e!r}")
         out[tid.strip()] = reason.strip() or "(no reason given)"
     return out
 
@@ -464,9 +465,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--python", help="CPython %s interpreter to run the tests in; "
+    ap.add_argument("--python", help=f"CPython {PYVER} interpreter to run the tests in; "
                     "the executor's package must be importable there "
-                    "(default: pyenv's %s, else python%s on PATH)" % (PYVER, PYVER, PYVER))
+                    f"(default: pyenv's {PYVER}, else python{PYVER} on PATH)")
     ap.add_argument("--executor", default="sharedarray:ProcessPoolExecutor",
                     help="module:Name of the class to substitute (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=1800,
@@ -474,8 +475,7 @@ def main(argv=None):
                     "on expiry every thread's stack is dumped and the run is "
                     "killed; 0 means none")
     ap.add_argument("--quick", action="store_true",
-                    help="leave out the slowest tests (%d, see QUICK_EXCLUDE)"
-                    % len(QUICK_EXCLUDE))
+                    help=f"leave out the slowest tests ({len(QUICK_EXCLUDE)}, see QUICK_EXCLUDE)")
     ap.add_argument("--expect-fail", action="append", default=[], metavar="TESTID=REASON",
                     help="a test (id or fnmatch pattern) that is expected to fail; "
                     "repeatable; adds to the built-in list")
@@ -491,7 +491,7 @@ def main(argv=None):
 
     python = args.python or find_python()
     if not python:
-        print("cannot find a Python %s interpreter; use --python" % PYVER, file=sys.stderr)
+        print(f"cannot find a Python {PYVER} interpreter; use --python", file=sys.stderr)
         return 2
     if os.sep in python:      # the tests run in a temporary directory
         python = os.path.abspath(python)
@@ -571,10 +571,10 @@ def main(argv=None):
     if not plan and not results:
         if rc == 0 and done is not None:
             print("\nno test matched the filters")
-            print("%s 0 passed, 0 failed, 0 skipped" % SUMMARY_PREFIX)
+            print(f"{SUMMARY_PREFIX} 0 passed, 0 failed, 0 skipped")
             return 2
-        print("\nthe test run did not start (exit status %s)" % rc)
-        print("%s 0 passed, 1 failed, 0 skipped" % SUMMARY_PREFIX)
+        print(f"\nthe test run did not start (exit status {rc})")
+        print(f"{SUMMARY_PREFIX} 0 passed, 1 failed, 0 skipped")
         return 1 if rc == 0 else rc
 
     # Tests the run never finished (crash or timeout) count as failed.
@@ -582,7 +582,7 @@ def main(argv=None):
     for tid in started:
         if tid not in results:
             results[tid] = {"id": tid, "outcome": "fail", "duration": None,
-                            "detail": "test %s (runner exit status %s)" % (why, rc)}
+                            "detail": f"test {why} (runner exit status {rc})"}
     not_run = [t for t in plan if t not in results]
 
     passed, failed, skipped, xfail, xpass = [], [], [], [], []
@@ -602,42 +602,41 @@ def main(argv=None):
         print("FAILURES")
         for tid in failed:
             print("=" * 70)
-            print("FAIL: %s" % tid)
+            print(f"FAIL: {tid}")
             print("-" * 70)
             print(results[tid].get("detail", "").rstrip())
     slow = sorted((r for r in results.values() if r.get("duration")),
                   key=lambda r: -r["duration"])[:10]
     print("\n" + "-" * 70)
-    print("executor: %s  python: %s" % (executor_name, python))
+    print(f"executor: {executor_name}  python: {python}")
     if done:
-        print("executor instances created: %s; child interpreters patched: %d"
-              % (done["executors_created"], done["children_patched"]))
-    print("slowest tests: " + ", ".join("%s %.1fs" % (r["id"], r["duration"]) for r in slow))
+        print(f"executor instances created: {done['executors_created']}; "
+              f"child interpreters patched: {done['children_patched']}")
+    print("slowest tests: " + ", ".join(f"{r['id']} {r['duration']:.1f}s" for r in slow))
     if xfail:
-        print("expected failures (%d, not counted as failed):" % len(xfail))
+        print(f"expected failures ({len(xfail)}, not counted as failed):")
         for tid, reason in xfail:
-            print("  %s: %s" % (tid, reason))
+            print(f"  {tid}: {reason}")
     if xpass:
-        print("listed as expected failures but passed (%d): %s" % (len(xpass), ", ".join(xpass)))
+        print(f"listed as expected failures but passed ({len(xpass)}): {', '.join(xpass)}")
     if not_run:
-        print("not run (runner died, exit status %s): %d tests" % (rc, len(not_run)))
+        print(f"not run (runner died, exit status {rc}): {len(not_run)} tests")
         failed.extend(not_run)
     if failed:
-        print("failed (%d):" % len(failed))
+        print(f"failed ({len(failed)}):")
         for tid in failed[:40]:
             print("  " + tid)
         if len(failed) > 40:
-            print("  ... and %d more" % (len(failed) - 40))
+            print(f"  ... and {len(failed) - 40} more")
     bad_exit = done is None or rc != 0
     if bad_exit and not failed:
-        print("runner exited abnormally (exit status %s)" % rc)
+        print(f"runner exited abnormally (exit status {rc})")
     if done is not None and done["executors_created"] == 0 and passed and \
             any("ProcessPool" in t for t in passed):
         print("no instance of the executor under test was created: substitution failed")
         bad_exit = True
-    print("wall time: %.1fs%s" % (elapsed, " (TIMED OUT)" if timed_out else ""))
-    print("%s %d passed, %d failed, %d skipped"
-          % (SUMMARY_PREFIX, len(passed), len(failed), len(skipped)))
+    print(f"wall time: {elapsed:.1f}s{' (TIMED OUT)' if timed_out else ''}")
+    print(f"{SUMMARY_PREFIX} {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
     return 1 if (failed or bad_exit) else 0
 
 
