@@ -24,8 +24,8 @@ import ast
 import re
 import time
 import zlib
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -112,7 +112,12 @@ def _structs(dt: np.dtype) -> Iterator[np.dtype]:
     elif dt.names is not None:
         yield dt
         for n in dt.names:
-            yield from _structs(dt.fields[n][0])
+            yield from _structs(_fields(dt)[n][0])
+
+
+def _fields(dt: np.dtype) -> Mapping[str, tuple[Any, ...]]:
+    """A structured dtype's fields: (dtype, offset[, title]) by name."""
+    return cast("Mapping[str, tuple[Any, ...]]", dt.fields)
 
 
 def aligned_flags(dt: np.dtype) -> str:
@@ -130,14 +135,14 @@ def _realign(dt: np.dtype, flags: Iterator[str]) -> np.dtype:
         return dt
     aligned = next(flags) == "1"
     names = list(dt.names)
-    fields = [dt.fields[n] for n in names]
-    spec: dict = {"names": names,
+    fields = [_fields(dt)[n] for n in names]
+    spec: dict[str, Any] = {"names": names,
                   "formats": [_realign(f[0], flags) for f in fields],
                   "offsets": [f[1] for f in fields],
                   "itemsize": dt.itemsize}
     if any(len(f) > 2 for f in fields):
         spec["titles"] = [f[2] if len(f) > 2 else None for f in fields]
-    return np.dtype(spec, align=aligned)
+    return np.dtype(cast(Any, spec), align=aligned)
 
 
 def with_aligned_flags(dt: np.dtype, flags: str) -> np.dtype:
@@ -168,7 +173,7 @@ def _check_sizes(dt: np.dtype, what: str) -> None:
         _check_sizes(dt.subdtype[0], what)
     elif dt.names is not None:
         for n in dt.names:
-            sub, off = dt.fields[n][:2]
+            sub, off = _fields(dt)[n][:2]
             _check_sizes(sub, what)
             if off < 0 or off + sub.itemsize > dt.itemsize:
                 raise ValueError(f"{what}: field {n!r} lies outside its "
@@ -254,7 +259,7 @@ def decode(text: bytes, data_offset: int, name: str, version: int = 1) -> Meta:
         g = m.groups()
         if g[0] is not None:        # version 1 of the comment
             token, pid, boot, ms, flags = g[:5]
-            dev = ns = 0
+            dev = ns = b"0"
         else:
             token, pid, boot, ms, flags, dev, ns, aligned = g[5:]
             try:

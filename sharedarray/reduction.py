@@ -244,6 +244,8 @@ def handle_of(arr: np.ndarray, seg: Segment | None = None,
     so that the handle unpickled here reuses this very mapping."""
     if seg is None:
         seg = segment_of(arr)
+        if seg is None:
+            raise ValueError("the array is not in shared memory")
     if remember:
         _remember(seg)
     meta = seg.meta
@@ -464,7 +466,8 @@ def reduce_in_flight(arr: ndarray) -> tuple:
     if rv[0] is not rebuild_ndarray or not mp_reduction.HAVE_SEND_HANDLE:
         return rv
     seg = segment_of(arr)
-    if not seg.meta.temporary or mp_context.get_spawning_popen() is not None:
+    if (seg is None or not seg.meta.temporary
+            or mp_context.get_spawning_popen() is not None):
         # Process arguments are pickled while the parent holds them.
         return rv
     fd = _fd_of(seg)

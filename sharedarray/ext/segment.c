@@ -1147,12 +1147,12 @@ static PyMethodDef ext_methods[] = {
     {"address", ext_address, METH_O, "Address of an exporter's first element."},
     {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
     {"watch_parent", ext_watch_parent, METH_VARARGS,
-     "watch_parent(pid, start_time)\n--\n\nEnd this process (_exit) when "
+     "watch_parent($module, pid, start_time, /)\n--\n\nEnd this process (_exit) when "
      "process pid, started at start_time, dies; a native thread watches."},
     {"start_time", ext_start_time, METH_O,
-     "start_time(pid)\n--\n\nThe start time of pid (clock ticks since boot); 0 if unknown."},
+     "start_time($module, pid, /)\n--\n\nThe start time of pid (clock ticks since boot); 0 if unknown."},
     {"same_bytes", ext_same_bytes, METH_VARARGS,
-     "same_bytes(a, b)\n--\n\nWhether two contiguous buffers hold the same bytes."},
+     "same_bytes($module, a, b, /)\n--\n\nWhether two contiguous buffers hold the same bytes."},
     {NULL, NULL, 0, NULL},
 };
 
