@@ -382,7 +382,11 @@ class _Spare(NamedTuple):
 
 class _Spares:
     """Released input copies kept a few seconds to take the next array of
-    their size: refilling one costs a memcpy, a new segment several."""
+    their size: refilling one costs a memcpy, a new segment several.
+
+    A timer thread expires them; it exists only while spares wait, and is
+    stopped around every fork of this process (see ``_stop_janitors``), so
+    that no thread of ours is copied into a child."""
 
     def __init__(self, count: int, budget: int, ttl: float) -> None:
         self.count = count
@@ -391,6 +395,7 @@ class _Spares:
         self.lock = threading.Lock()
         self.spares: list[_Spare] = []
         self.janitor: threading.Timer | None = None
+        _all_spares.add(self)
 
     def put(self, seg: Segment, release: weakref.finalize) -> None:
         """Keep a copy no task needs (within the limits) or unlink it."""
@@ -466,12 +471,50 @@ class _Spares:
             fin()
 
     def _arm(self, delay: float) -> None:
-        # A thread only while spares wait, started after the workers exist.
+        # A thread only while spares wait.
         if self.janitor is None:
             self.janitor = threading.Timer(max(delay, 0.0), self._expire)
             self.janitor.daemon = True
             self.janitor.name = "sharedarray-spares"
             self.janitor.start()
+
+    def pause(self) -> None:
+        """Stop the timer thread (before a fork)."""
+        with self.lock:
+            janitor, self.janitor = self.janitor, None
+        if janitor is not None and janitor is not threading.current_thread():
+            janitor.cancel()
+            janitor.join()
+
+    def resume(self) -> None:
+        """Restart the timer thread if spares wait (after a fork, in the parent)."""
+        with self.lock:
+            if self.spares and self.janitor is None:
+                self._arm(min(s.expires for s in self.spares) - time.monotonic())
+
+
+_all_spares: weakref.WeakSet[_Spares] = weakref.WeakSet()
+
+
+def _stop_janitors() -> None:
+    for spares in list(_all_spares):
+        spares.pause()
+
+
+def _restart_janitors() -> None:
+    for spares in list(_all_spares):
+        spares.resume()
+
+
+def _forget_janitors() -> None:
+    # The child: the parent's spares are not its own, nor is their thread.
+    _all_spares.clear()
+
+
+# Registered after reduction's hooks, so it runs before them: a janitor may
+# be unlinking a spare (a resource tracker call) and must finish first.
+os.register_at_fork(before=_stop_janitors, after_in_parent=_restart_janitors,
+                    after_in_child=_forget_janitors)
 
 
 class _Lease:

@@ -42,6 +42,7 @@ from conftest import (
     START_METHODS,
     new_pool,
     own_temporaries,
+    run_python,
     shm_exists,
     wait_for_file,
     wait_until,
@@ -1137,3 +1138,50 @@ def test_functions_travel_by_reference_where_plain_pickle_works():
 def types_copy(fn: Callable) -> Callable:
     import types
     return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__)
+
+
+# ---------------------------------------------------------------- threads at fork
+
+FORK_THREADS_SCRIPT = r'''
+import json, multiprocessing as mp, os, threading, time
+import numpy as np
+import sharedarray as sa
+
+forks = []          # the threads alive at each fork of this process
+os.register_at_fork(before=lambda: forks.append(sorted(t.name for t in threading.enumerate())))
+
+
+def total(x):
+    return float(x.sum())
+
+
+def threads_here(_=None):
+    return sorted(t.name for t in threading.enumerate())
+
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    big = np.ones(1 << 18)                      # 2 MiB: travels through shared memory
+    with sa.ProcessPoolExecutor(1, ctx) as a:
+        a.submit(total, big).result()           # its released copy is kept for reuse
+        time.sleep(0.1)
+        with sa.ProcessPoolExecutor(1, ctx) as b:   # forks while a keeps that copy
+            b.submit(total, big).result()
+        worker = a.submit(threads_here).result()
+    print(json.dumps({"parent_forks": forks, "worker": worker}))
+'''
+
+
+def test_no_thread_of_ours_when_a_process_forks(tmp_path):
+    """The library's own threads are not there when this process or a worker
+    forks (3.12+ warns about forking a multi-threaded process; 3.14 makes
+    forkserver the default on Linux for that reason).  The standard
+    executor's own threads (its manager and queue feeder) are not ours to
+    avoid.  Run in a fresh interpreter: pytest's faulthandler watchdog and
+    xdist's I/O thread would be there too.  (A worker's parent watchdog is a
+    native thread that holds no lock; it is not a Python thread.)"""
+    out = json.loads(run_python(FORK_THREADS_SCRIPT, cwd=tmp_path).stdout.splitlines()[-1])
+    ours = [n for names in out["parent_forks"] for n in names if n.startswith("sharedarray")]
+    assert len(out["parent_forks"]) >= 2
+    assert ours == []
+    assert [n for n in out["worker"] if n.startswith("sharedarray")] == []
