@@ -62,8 +62,14 @@ def _ray(_mod: Any) -> None:
     _ray.register()
 
 
+def _mp_reduction(mod: Any) -> None:
+    from . import reduction
+    reduction.register_in_flight(mod)
+
+
 # module -> what to do once it has been imported (in this order).
 _WATCH: dict[str, Callable[[Any], None]] = {
+    "multiprocessing.reduction": _mp_reduction,
     "dask.sizeof": _dask_sizeof,
     "distributed.comm.core": _dask_comm,
     "distributed.spill": _dask_spill,

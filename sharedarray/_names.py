@@ -14,7 +14,6 @@ import os
 import random
 import re
 import time
-from multiprocessing import resource_tracker
 from typing import Any, NamedTuple
 
 from . import _ext
@@ -179,13 +178,22 @@ def staging_path(dir: str, token: str) -> str:
     return f"{dir}/.sa-tmp-{os.getpid()}-{token}"
 
 
-def discard(name: str, unlink: Any = _ext.unlink,
-            unregister: Any = resource_tracker.unregister) -> None:
+def tracker() -> Any:
+    """The standard library's resource tracker module (imported on first use:
+    most programs that only create and attach arrays never need it)."""
+    from multiprocessing import resource_tracker
+    return resource_tracker
+
+
+def discard(name: str, unlink: Any = _ext.unlink, unregister: Any = None) -> None:
     """Unlink the temporary ``name`` and drop it from the resource tracker.
 
     Errors are ignored: the name may be gone already (deleted by hand, or
-    by the tracker).  Bound defaults: finalizers call this at shutdown.
+    by the tracker).  Finalizers, which may run at interpreter shutdown,
+    bind ``unregister`` when they are made.
     """
+    if unregister is None:
+        unregister = tracker().unregister
     path = "/" + name
     try:
         unlink(name, path, _ext.KIND_SHM)

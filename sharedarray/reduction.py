@@ -36,12 +36,10 @@ import copyreg
 import errno
 import functools
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from multiprocessing import context as mp_context
-from multiprocessing import reduction as mp_reduction
-from multiprocessing import resource_tracker
 from typing import Any
 
 import numpy as np
@@ -462,6 +460,8 @@ def reduce_in_flight(arr: ndarray) -> tuple:
     outlives its name for as long as the message is in flight.  (A message
     that is never unpickled keeps its dup until this process exits.)
     """
+    from multiprocessing import context as mp_context
+    from multiprocessing import reduction as mp_reduction
     rv = reduce_ndarray(arr)
     if rv[0] is not rebuild_ndarray or not mp_reduction.HAVE_SEND_HANDLE:
         return rv
@@ -514,7 +514,7 @@ def rebuild_in_flight(dup: Any, name: str, token: str | None, boot: str | None,
 
 # ---------------------------------------------------------------- share()
 
-def _release(name: str, pid: int, discard: Any = _names.discard,
+def _release(name: str, pid: int, unregister: Any, discard: Any = _names.discard,
              getpid: Any = os.getpid) -> None:
     """Finalizer of an owned segment: unlink it and tell the tracker.
 
@@ -522,7 +522,7 @@ def _release(name: str, pid: int, discard: Any = _names.discard,
     forked child inherits the finalizer but must not act on it.
     """
     if getpid() == pid:
-        discard(name)
+        discard(name, unregister=unregister)
 
 
 # Segment -> (finalizer, pid) for the segments this process owns.  own() is
@@ -533,8 +533,10 @@ _owned_lock = threading.Lock()
 
 
 def _tracker_lock() -> Any:
-    """The standard resource tracker's lock (None if it has none)."""
-    return getattr(getattr(resource_tracker, "_resource_tracker", None), "_lock", None)
+    """The standard resource tracker's lock (None if it has none, or nobody
+    imported the tracker: then nobody can hold its lock)."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    return getattr(getattr(tracker, "_resource_tracker", None), "_lock", None)
 
 
 def _before_fork() -> None:
@@ -575,9 +577,10 @@ def own(seg: Segment, registered: bool = False) -> weakref.finalize:
         entry = _owned.get(seg)
         if entry is not None and entry[0].alive and entry[1] == pid:
             return entry[0]
+        tracker = _names.tracker()
         if not registered:
-            resource_tracker.register(_names.shm_path(seg.name), _names.TRACKER_TYPE)
-        fin = weakref.finalize(seg, _release, seg.name, pid)
+            tracker.register(_names.shm_path(seg.name), _names.TRACKER_TYPE)
+        fin = weakref.finalize(seg, _release, seg.name, pid, tracker.unregister)
         _owned[seg] = (fin, pid)
         return fin
 
@@ -600,12 +603,13 @@ def share_segment(array: np.ndarray, owner: int | None = None,
     src, order, data = segment_contents(array)
     name = _names.generate(owner, refillable) if name is None else name
     path = _names.shm_path(name)
-    resource_tracker.register(path, _names.TRACKER_TYPE)
+    tracker = _names.tracker()
+    tracker.register(path, _names.TRACKER_TYPE)
     try:
         return create_segment(name, src.shape, src.dtype, order=order,
                               temporary=True, owner=owner, data=data)
     except BaseException:
-        resource_tracker.unregister(path, _names.TRACKER_TYPE)
+        tracker.unregister(path, _names.TRACKER_TYPE)
         raise
 
 
@@ -634,10 +638,17 @@ def share(array: Any) -> ndarray:
 # ---------------------------------------------------------------- registration
 
 def init_reductions() -> None:
-    """Register the reducers (idempotent): in :mod:`copyreg`, which every
-    pickler on the machine consults, and for multiprocessing's own pickler
-    the variant that keeps temporaries alive in flight."""
+    """Register the reducer in :mod:`copyreg`, which every pickler on the
+    machine consults (idempotent).  multiprocessing's own pickler gets the
+    variant that keeps temporaries alive in flight from
+    :func:`register_in_flight`, once multiprocessing.reduction is imported
+    (``sharedarray._hooks`` sees to it, so ``import sharedarray`` alone does
+    not load multiprocessing)."""
     copyreg.pickle(ndarray, reduce_ndarray)
+
+
+def register_in_flight(mp_reduction: Any) -> None:
+    """Give multiprocessing's pickler :func:`reduce_in_flight` (idempotent)."""
     mp_reduction.ForkingPickler.register(ndarray, reduce_in_flight)
 
 
