@@ -249,6 +249,10 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> _Task:
     return task
 
 
+def _unsent() -> None:
+    """Worker side of a task whose arguments could not be pickled."""
+
+
 def _run_pickled(payload: bytes) -> _Task:
     return _run(*pickle.loads(payload))
 
@@ -795,7 +799,7 @@ class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
     __slots__ = ("fn", "args", "kwargs", "pool", "batch", "leases", "done",
-                 "sent", "lock", "__weakref__")
+                 "sent", "lock", "error", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  pool: _Pool, batch: _Batch | None) -> None:
@@ -808,6 +812,7 @@ class _Call:
         self.done = False
         self.sent = False
         self.lock = threading.Lock()
+        self.error: Exception | None = None    # pickling failed
 
     def __reduce__(self) -> tuple:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -824,6 +829,17 @@ class _Call:
         with self.lock:
             try:
                 _ArgPickler(buf, self.pool, self).dump((fn, args, kwargs))
+            except Exception as exc:
+                # The task fails with this error on its future (_settle), as
+                # in the standard executor, but the executor's queue sees a
+                # task that pickles: its own error path can deadlock against
+                # a concurrent shutdown (CPython 3.13.0's feeder thread waits
+                # for the shutdown lock while the manager, holding it, joins
+                # the feeder).  The worker runs a no-op in its place.
+                self._release()
+                self._mark_sent()
+                self.error = exc
+                return _run, (_unsent, (), {})
             except BaseException:
                 self._release()
                 self._mark_sent()
@@ -882,7 +898,7 @@ def _settle(outer_ref: weakref.ref, call: _Call, inner: Future) -> None:
         Future.cancel(outer)
         outer.set_running_or_notify_cancel()
         return
-    exc = inner.exception()
+    exc = call.error or inner.exception()
     if exc is not None:
         outer.set_exception(exc)
         return
