@@ -26,7 +26,8 @@ Rules, each enforced in one place:
 * Snapshot (``_Leases.lease``): a task sees each argument as of some moment
   at or after its ``submit()``.  A copy made for an earlier task is used again
   only by the tasks of the same ``map()`` call, or when its bytes compare
-  equal to the array's bytes now.
+  equal to the array's bytes now (a pending copy, or a released one kept for
+  the same array object, ``_Spares.reuse``).
 * Reuse (``_Spares.refill``): a released copy is rewritten for another array
   only while this process holds an exclusive flock on it, which the kernel
   grants only when no process maps it (every mapping of a copy holds a shared
@@ -382,6 +383,8 @@ class _Spare(NamedTuple):
     seg: Segment
     release: weakref.finalize    # unlinks it
     expires: float
+    source: Any = None           # weakref to the array it last copied
+    array: np.ndarray | None = None   # the copy, as our view of it
 
 
 class _Spares:
@@ -401,14 +404,18 @@ class _Spares:
         self.janitor: threading.Timer | None = None
         _all_spares.add(self)
 
-    def put(self, seg: Segment, release: weakref.finalize) -> None:
-        """Keep a copy no task needs (within the limits) or unlink it."""
+    def put(self, seg: Segment, release: weakref.finalize,
+            source: np.ndarray | None = None, array: np.ndarray | None = None) -> None:
+        """Keep a copy no task needs (within the limits) or unlink it; with
+        the array it copies (``source``, weakly held) and our view of it."""
         if seg.size > self.budget:
             release()
             return
+        ref = weakref.ref(source) if source is not None else None
         dead = []
         with self.lock:
-            self.spares.append(_Spare(seg, release, time.monotonic() + self.ttl))
+            self.spares.append(_Spare(seg, release, time.monotonic() + self.ttl,
+                                      ref, array))
             used = sum(s.seg.size for s in self.spares)
             while len(self.spares) > self.count or used > self.budget:
                 old = self.spares.pop(0)
@@ -417,6 +424,22 @@ class _Spares:
             self._arm(self.ttl)
         for fin in dead:
             fin()
+
+    def reuse(self, arr: np.ndarray) -> _Spare | None:
+        """The spare that last copied ``arr`` (this very object), if its bytes
+        still equal ``arr``'s: used as it is, no byte rewritten (comparing
+        costs about what a refill does, and nothing when they differ early).
+        A spare that copied ``arr`` but differs is refilled for it."""
+        with self.lock:
+            for i, spare in enumerate(self.spares):
+                if spare.source is not None and spare.source() is arr:
+                    del self.spares[i]
+                    break
+            else:
+                return None
+        if _same_contents(arr, spare.array):
+            return spare
+        return self._refill(spare, arr)
 
     def refill(self, arr: np.ndarray) -> _Spare | None:
         """A spare of ``arr``'s size, now holding a copy of ``arr``; or None.
@@ -431,20 +454,31 @@ class _Spares:
                         break
                 else:
                     return None
-            fd = lock_exclusive(spare.seg.name)
-            if fd is None:
-                spare.release()
-                continue
-            try:
-                ok = refill_segment(spare.seg, arr)
-            except BaseException:
-                spare.release()
-                raise
-            finally:
-                os.close(fd)
-            if ok:
-                return spare
-            spare.release()          # same size, another header length: rare
+            done = self._refill(spare, arr)
+            if done is not None:
+                return done
+
+    def _refill(self, spare: _Spare, arr: np.ndarray) -> _Spare | None:
+        """Rewrite ``spare`` (taken out of the list) with ``arr``, under the
+        exclusive lock; None (and the spare unlinked) if it cannot be."""
+        if spare.seg.size - spare.seg.meta.offset != arr.nbytes:
+            spare.release()
+            return None
+        fd = lock_exclusive(spare.seg.name)
+        if fd is None:
+            spare.release()
+            return None
+        try:
+            ok = refill_segment(spare.seg, arr)
+        except BaseException:
+            spare.release()
+            raise
+        finally:
+            os.close(fd)
+        if ok:
+            return spare
+        spare.release()              # same size, another header length: rare
+        return None
 
     def clear(self) -> bool:
         """Unlink every spare; whether there was one."""
@@ -608,7 +642,7 @@ class _Leases:
                 batch.held.append(lease)
 
     def _copy(self, arr: np.ndarray) -> tuple[Segment | None, Any]:
-        spare = self.spares.refill(arr)
+        spare = self.spares.reuse(arr) or self.spares.refill(arr)
         if spare is not None:
             return spare.seg, spare.release
         for attempt in (0, 1):
@@ -636,11 +670,13 @@ class _Leases:
                     free.append(lease)
             closed = self.closed
         for lease in free:
+            source, array = lease.source, lease.array
             lease.array = lease.source = None
             if closed:
                 lease.release()
             else:
-                self.spares.put(lease.seg, lease.release)
+                self.spares.put(lease.seg, lease.release, source, array)
+            del source, array
 
     def submitted(self, batch: _Batch | None) -> None:
         with self.lock:

@@ -1185,3 +1185,38 @@ def test_no_thread_of_ours_when_a_process_forks(tmp_path):
     assert len(out["parent_forks"]) >= 2
     assert ours == []
     assert [n for n in out["worker"] if n.startswith("sharedarray")] == []
+
+
+# ---------------------------------------------------------------- spares that remember their array
+
+def test_resubmitted_array_is_matched_against_its_released_copy(start_method, monkeypatch):
+    """An array submitted again after its task is done is compared with the
+    copy it left behind: unchanged, that copy serves as it is (no byte
+    written); changed in place, the new task still sees the change."""
+    copies: list[str] = []
+    for name in ("share_segment", "refill_segment"):
+        def counted(*a: Any, _real: Any = getattr(sa_pool, name), _name: str = name,
+                    **k: Any) -> Any:
+            copies.append(_name)
+            return _real(*a, **k)
+        monkeypatch.setattr(sa_pool, name, counted)
+    ex = new_pool(start_method)
+    try:
+        leases = ex._sa_pool.leases
+        arr = np.arange(float(BIG))
+        first = ex.submit(describe, arr).result(timeout=60)
+        assert wait_until(lambda: not leases.current, 10)
+        second = ex.submit(describe, arr).result(timeout=60)
+        assert second["segment"] == first["segment"] and second["sum"] == first["sum"]
+        assert copies == ["share_segment"]
+        assert wait_until(lambda: not leases.current, 10)
+        arr[-1] = -1.0                  # changed in place after its tasks are done
+        third = ex.submit(describe, arr).result(timeout=60)
+        assert third["sum"] == float(arr.sum()) != first["sum"]
+        assert copies == ["share_segment", "refill_segment"]
+        assert wait_until(lambda: not leases.current, 10)
+        twin = arr.copy()               # the same bytes, another object: copied
+        assert ex.submit(describe, twin).result(timeout=60)["sum"] == third["sum"]
+        assert len(copies) == 3          # copied (into the free copy, or a new one)
+    finally:
+        ex.shutdown(wait=True)
