@@ -660,23 +660,25 @@ class _Leases:
 
     def release(self, leases: list[_Lease]) -> None:
         """Tasks using ``leases`` are done: keep or unlink unused copies."""
-        free = []
+        dead = []
         with self.lock:
             for lease in leases:
                 lease.count -= 1
-                if lease.count == 0:
-                    if self.current.get(id(lease.source)) is lease:
-                        del self.current[id(lease.source)]
-                    free.append(lease)
-            closed = self.closed
-        for lease in free:
-            source, array = lease.source, lease.array
-            lease.array = lease.source = None
-            if closed:
-                lease.release()
-            else:
-                self.spares.put(lease.seg, lease.release, source, array)
-            del source, array
+                if lease.count:
+                    continue
+                if self.current.get(id(lease.source)) is lease:
+                    del self.current[id(lease.source)]
+                source, array = lease.source, lease.array
+                lease.array = lease.source = None
+                if self.closed:
+                    dead.append(lease.release)
+                else:
+                    # Under our lock: the copy is a spare by the time its
+                    # array could be submitted again (lock order allows it).
+                    self.spares.put(lease.seg, lease.release, source, array)
+                del source, array
+        for fin in dead:
+            fin()
 
     def submitted(self, batch: _Batch | None) -> None:
         with self.lock:

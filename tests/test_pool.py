@@ -1194,12 +1194,16 @@ def test_resubmitted_array_is_matched_against_its_released_copy(start_method, mo
     copy it left behind: unchanged, that copy serves as it is (no byte
     written); changed in place, the new task still sees the change."""
     copies: list[str] = []
+    def counting(name: str) -> Callable[..., Any]:
+        real = getattr(sa_pool, name)
+
+        def counted(*a: Any, **k: Any) -> Any:
+            copies.append(name)
+            return real(*a, **k)
+        return counted
+
     for name in ("share_segment", "refill_segment"):
-        def counted(*a: Any, _real: Any = getattr(sa_pool, name), _name: str = name,
-                    **k: Any) -> Any:
-            copies.append(_name)
-            return _real(*a, **k)
-        monkeypatch.setattr(sa_pool, name, counted)
+        monkeypatch.setattr(sa_pool, name, counting(name))
     ex = new_pool(start_method)
     try:
         leases = ex._sa_pool.leases
