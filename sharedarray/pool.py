@@ -832,6 +832,35 @@ class _CloudArgPickler(cloudpickle.Pickler):
 
 _batch = threading.local()     # the map() call this thread is submitting for
 
+try:    # what the standard map() submits: partial(_process_chunk, fn), chunk
+    from concurrent.futures.process import _process_chunk
+except ImportError:             # pragma: no cover - another implementation
+    _process_chunk = None
+
+
+def _plain_function(fn: Any) -> bool:
+    return (type(fn) in (types.FunctionType, types.BuiltinFunctionType)
+            and _how_to_send(fn) == _BY_REFERENCE)
+
+
+def _atomic(values: Any) -> bool:
+    return all(type(v) in _ATOMIC for v in values)
+
+
+def _plain_task(fn: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a task holds nothing for our pickler: a function plain pickle
+    sends by reference and atomic arguments, also as one chunk of the
+    standard ``map()`` (a partial of its chunk runner over such a function,
+    and a tuple of argument tuples)."""
+    if kwargs and not _atomic(kwargs.values()):
+        return False
+    if (type(fn) is functools.partial and fn.func is _process_chunk
+            and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
+            and len(args) == 1 and type(args[0]) is tuple):
+        return (_plain_function(fn.args[0])
+                and all(type(a) is tuple and _atomic(a) for a in args[0]))
+    return _plain_function(fn) and _atomic(args)
+
 
 class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
@@ -854,10 +883,7 @@ class _Call:
 
     def __reduce__(self) -> tuple:
         fn, args, kwargs = self.fn, self.args, self.kwargs
-        if (type(fn) in (types.FunctionType, types.BuiltinFunctionType)
-                and _how_to_send(fn) == _BY_REFERENCE
-                and all(type(a) in _ATOMIC for a in args)
-                and (not kwargs or all(type(v) in _ATOMIC for v in kwargs.values()))):
+        if _plain_task(fn, args, kwargs):
             # Nothing for our pickler to do (the common tiny task): the
             # executor's own pickler writes it, without a nested stream.
             with self.lock:
