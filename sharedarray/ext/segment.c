@@ -39,6 +39,11 @@
  * MAX_HEADER); it is checked before a byte of the header is copied. */
 #define MAX_HEADER (1 << 20)
 
+/* attach reads this much of an object with pread: the preamble and, for
+ * every header create writes short of huge structured dtypes, all of the
+ * header (data starts at 4096). */
+#define HEAD_BYTES 4096
+
 #ifndef MAP_POPULATE
 #define MAP_POPULATE 0
 #endif
@@ -749,49 +754,58 @@ skip_spaces(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
     return end;
 }
 
-/* Check the .npy preamble of a mapping; returns the header text (without
- * its trailing padding) and the data offset, or sets ValueError. */
-static PyObject *
-parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
-               Py_ssize_t *data_offset, int *version)
+/* Check the .npy preamble at the start of an object of `size` bytes whose
+ * first `avail` bytes are at p (avail >= min(size, 12)); sets the header
+ * text's start and length, or raises ValueError.  Reads only the preamble. */
+static int
+check_preamble(const unsigned char *p, Py_ssize_t avail, Py_ssize_t size,
+               PyObject *name, Py_ssize_t *start, Py_ssize_t *hlen,
+               int *version)
 {
     int major, lenbytes;
-    Py_ssize_t start, hlen, end;
 
-    if (size < NPY_MAGIC_LEN + 4 || memcmp(p, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
+    if (size < NPY_MAGIC_LEN + 4 || avail < NPY_MAGIC_LEN + 4 ||
+        memcmp(p, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
         PyErr_Format(PyExc_ValueError,
                      "%R is not a .npy array (bad magic or too short: %zd bytes)",
                      name, size);
-        return NULL;
+        return -1;
     }
     major = p[6];
     if (major < 1 || major > 3 || p[7] != 0) {
         PyErr_Format(PyExc_ValueError, "%R: unsupported .npy version %d.%d",
                      name, major, p[7]);
-        return NULL;
+        return -1;
     }
     *version = major;
     lenbytes = major == 1 ? 2 : 4;
-    start = 8 + lenbytes;
-    if (size < start) {
+    *start = 8 + lenbytes;
+    if (size < *start || avail < *start) {
         PyErr_Format(PyExc_ValueError, "%R: truncated .npy preamble", name);
-        return NULL;
+        return -1;
     }
-    hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
-    if (hlen > MAX_HEADER) {
+    *hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
+    if (*hlen > MAX_HEADER) {
         /* Before anything is copied: a forged length cannot cost memory. */
         PyErr_Format(PyExc_ValueError,
                      "%R: .npy header length %zd is over the limit of %d bytes",
-                     name, hlen, MAX_HEADER);
-        return NULL;
+                     name, *hlen, MAX_HEADER);
+        return -1;
     }
-    if (hlen > size - start) {
+    if (*hlen > size - *start) {
         PyErr_Format(PyExc_ValueError,
                      "%R: header length %zd runs past the end of the %zd-byte "
-                     "object", name, hlen, size);
-        return NULL;
+                     "object", name, *hlen, size);
+        return -1;
     }
-    end = start + hlen;
+    return 0;
+}
+
+/* The header text at p[start, start + hlen) without its trailing padding. */
+static PyObject *
+header_text(const unsigned char *p, Py_ssize_t start, Py_ssize_t hlen)
+{
+    Py_ssize_t end = start + hlen;
     while (end > start && (p[end - 1] == '\n' || p[end - 1] == '\0')) {
         end--;
     }
@@ -800,8 +814,33 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
                            p[end - 1] == '\0')) {
         end--;
     }
-    *data_offset = start + hlen;
     return PyBytes_FromStringAndSize((const char *)p + start, end - start);
+}
+
+/* What attach() makes of an object: check the preamble and return the
+ * header text, or set ValueError.  `head` holds the object's first `got`
+ * bytes (read with pread, so that attaching touches no page of the
+ * mapping: no fault, no page table, no TLB flush at unmap); a header that
+ * does not fit in them is read from the mapping `addr` (NULL: none). */
+static PyObject *
+parse_header(const unsigned char *head, Py_ssize_t got,
+             const unsigned char *addr, Py_ssize_t size, PyObject *name,
+             Py_ssize_t *data_offset, int *version)
+{
+    Py_ssize_t start, hlen;
+    if (check_preamble(head, got, size, name, &start, &hlen, version) < 0) {
+        return NULL;
+    }
+    if (start + hlen > got) {
+        if (addr == NULL || got < (size < HEAD_BYTES ? size : HEAD_BYTES)) {
+            /* Shrunk since fstat: the mapping may not cover the header. */
+            PyErr_Format(PyExc_ValueError, "%R: truncated .npy header", name);
+            return NULL;
+        }
+        head = addr;
+    }
+    *data_offset = start + hlen;
+    return header_text(head, start, hlen);
 }
 
 /* Take a shared flock on fd, waiting while another process holds it
@@ -817,15 +856,62 @@ lock_shared(int fd)
     return 0;
 }
 
-/* open + fstat + mmap + close.  Called without the GIL.  Returns the mapping
- * or MAP_FAILED with *err set (0 and *kind_err set for "not a regular file").
+/* Read the first bytes of fd (up to HEAD_BYTES) into head: *got says how
+ * many.  Returns 0 or an errno value. */
+static int
+read_head(int fd, unsigned char *head, Py_ssize_t want, Py_ssize_t *got)
+{
+    ssize_t n;
+    *got = 0;
+    while (*got < want) {
+        n = pread(fd, head + *got, (size_t)(want - *got), (off_t)*got);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno;
+        }
+        if (n == 0) {
+            break;
+        }
+        *got += n;
+    }
+    return 0;
+}
+
+/* fstat fd, check it is a non-empty regular file and read its first bytes
+ * into head (*got of them).  Returns 0, or -1 with *err set (0 for "not a
+ * regular file" or "empty", *size telling which, as raise_map_error
+ * wants).  Called without the GIL. */
+static int
+stat_and_read_head(int fd, struct stat *st, Py_ssize_t *size,
+                   unsigned char *head, Py_ssize_t *got, int *err)
+{
+    if (fstat(fd, st) < 0) {
+        *err = errno;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode) || st->st_size <= 0) {
+        *err = 0;
+        *size = S_ISREG(st->st_mode) ? 0 : -1;
+        return -1;
+    }
+    *size = (Py_ssize_t)st->st_size;
+    *err = read_head(fd, head, *size < HEAD_BYTES ? *size : HEAD_BYTES, got);
+    return *err != 0 ? -1 : 0;
+}
+
+/* open + fstat + pread of the head + mmap + close.  Called without the
+ * GIL.  Returns the mapping or MAP_FAILED with *err set (see
+ * stat_and_read_head).
  * With `lockfd`, the fd is not closed but returned there holding a shared
  * flock, taken before the header is read: a process that rewrites the
  * object in place takes the lock exclusively first, so it can do so only
  * while nobody maps it. */
 static void *
 map_existing(const char *path, int kind, int readonly, int populate,
-             Py_ssize_t *size, struct stat *stp, int *err, int *lockfd)
+             Py_ssize_t *size, struct stat *stp, unsigned char *head,
+             Py_ssize_t *got, int *err, int *lockfd)
 {
     struct stat st;
     void *addr = MAP_FAILED;
@@ -840,16 +926,9 @@ map_existing(const char *path, int kind, int readonly, int populate,
     if (lockfd != NULL && (*err = lock_shared(fd)) != 0) {
         goto cleanup;
     }
-    if (fstat(fd, &st) < 0) {
-        *err = errno;
+    if (stat_and_read_head(fd, &st, size, head, got, err) < 0) {
         goto cleanup;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
-        *err = 0;
-        *size = S_ISREG(st.st_mode) ? 0 : -1;
-        goto cleanup;
-    }
-    *size = (Py_ssize_t)st.st_size;
     addr = mmap(NULL, (size_t)st.st_size, prot, flags, fd, 0);
     if (addr == MAP_FAILED) {
         *err = errno;
@@ -884,20 +963,14 @@ raise_map_error(int err, Py_ssize_t size, PyObject *name)
 /* fstat + mmap of an fd the caller keeps.  Called without the GIL; same
  * results as map_existing. */
 static void *
-map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st, int *err)
+map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st,
+       unsigned char *head, Py_ssize_t *got, int *err)
 {
     void *addr;
     int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
-    if (fstat(fd, st) < 0) {
-        *err = errno;
+    if (stat_and_read_head(fd, st, size, head, got, err) < 0) {
         return MAP_FAILED;
     }
-    if (!S_ISREG(st->st_mode) || st->st_size <= 0) {
-        *err = 0;
-        *size = S_ISREG(st->st_mode) ? 0 : -1;
-        return MAP_FAILED;
-    }
-    *size = (Py_ssize_t)st->st_size;
     addr = mmap(NULL, (size_t)st->st_size, prot, MAP_SHARED, fd, 0);
     if (addr == MAP_FAILED) {
         *err = errno;
@@ -915,7 +988,8 @@ ext_attach_fd(PyObject *module, PyObject *args)
 {
     PyObject *name, *header = NULL, *result = NULL;
     int fd, readonly, lock = 0, err = 0, version = 0, lockfd = -1;
-    Py_ssize_t size = 0, data_offset = 0;
+    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    unsigned char head[HEAD_BYTES];
     struct stat st;
     void *addr = MAP_FAILED;
     Segment *seg;
@@ -933,7 +1007,7 @@ ext_attach_fd(PyObject *module, PyObject *args)
         err = lockfd < 0 ? errno : lock_shared(lockfd);
     }
     if (err == 0) {
-        addr = map_fd(fd, readonly, &size, &st, &err);
+        addr = map_fd(fd, readonly, &size, &st, head, &got, &err);
     }
     Py_END_ALLOW_THREADS
     seg->fd = lockfd;           /* closed (lock released) with the segment */
@@ -944,7 +1018,7 @@ ext_attach_fd(PyObject *module, PyObject *args)
     seg->addr = addr;
     seg->size = size;
     set_identity(seg, &st);
-    header = parse_preamble(addr, size, name, &data_offset, &version);
+    header = parse_header(head, got, addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
     }
@@ -968,7 +1042,8 @@ ext_preamble(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*U:preamble", &data, &name)) {
         return NULL;
     }
-    header = parse_preamble(data.buf, data.len, name, &data_offset, &version);
+    header = parse_header(data.buf, data.len, NULL, data.len, name,
+                          &data_offset, &version);
     if (header != NULL) {
         result = Py_BuildValue("(Nni)", header, data_offset, version);
     }
@@ -1024,7 +1099,8 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *name;
     const char *path;
     int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
-    Py_ssize_t size = 0, data_offset = 0;
+    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    unsigned char head[HEAD_BYTES];
     void *addr;
     struct stat st;
     Segment *seg = NULL;
@@ -1039,8 +1115,8 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    addr = map_existing(path, kind, readonly, populate, &size, &st, &err,
-                        lock ? &fd : NULL);
+    addr = map_existing(path, kind, readonly, populate, &size, &st, head, &got,
+                        &err, lock ? &fd : NULL);
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
         raise_map_error(err, size, name);
@@ -1050,7 +1126,7 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     seg->size = size;
     seg->fd = fd;
     set_identity(seg, &st);
-    header = parse_preamble(addr, size, name, &data_offset, &version);
+    header = parse_header(head, got, addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
     }
