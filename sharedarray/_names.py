@@ -174,9 +174,10 @@ def pool_prefix(pid: int, tag: int) -> str:
     return f"{generated_prefix(pid)}{tag:04x}x"
 
 
-def staging_path(dir: str, token: str) -> str:
-    """The staging file of a create with header token ``token``."""
-    return f"{dir}/.sa-tmp-{os.getpid()}-{token}"
+def staging_path(dir: str, token: str, pid: int | None = None) -> str:
+    """The staging file of a create with header token ``token`` made by
+    process ``pid`` (default: this one)."""
+    return f"{dir}/.sa-tmp-{os.getpid() if pid is None else pid}-{token}"
 
 
 def discard(name: str, unlink: Any = _ext.unlink,

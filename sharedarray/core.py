@@ -122,6 +122,8 @@ def _layout(shape: Any, dtype: Any, order: str) -> tuple[np.dtype, tuple, bool]:
 
 def _check_mode(mode: Any) -> int:
     """Permission bits: an int in 0..0o777 (no setuid, setgid or sticky bit)."""
+    if type(mode) is int and 0 <= mode <= 0o777:
+        return mode
     if type(mode) is bool or not isinstance(mode, (int, np.integer)):
         raise ValueError(f"mode must be an int of permission bits (0..0o777), "
                          f"not {mode!r}")
@@ -334,29 +336,30 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     mode = _check_mode(mode)
     key = (shape, dtype, order)
     try:
-        dt, shape, fortran, nbytes, head = _layout_cache[key]
+        dt, shape, fortran, nbytes, head, aligned = _layout_cache[key]
     except (KeyError, TypeError):     # new, or unhashable (a list shape)
         dt, shape, fortran = _layout(shape, dtype, order)
         nbytes = dt.itemsize
         for n in shape:
             nbytes *= n
         head = _header.header_dict(dt, shape, fortran)
+        aligned = _header.aligned_flags(dt)
         # Structured dtypes compare equal across align/metadata: not cached.
         if dt.names is None and dt.metadata is None and not isinstance(dtype, np.dtype):
             try:
                 if len(_layout_cache) > 256:
                     _layout_cache.clear()
-                _layout_cache[key] = (dt, shape, fortran, nbytes, head)
+                _layout_cache[key] = (dt, shape, fortran, nbytes, head, aligned)
             except TypeError:
                 pass
     token = "%016x" % random.getrandbits(64)
-    pid = os.getpid() if owner is None else owner
-    header = _header.encode(head, _header.comment(token, pid, temporary,
-                                                  _header.aligned_flags(dt)), name)
+    me = os.getpid()
+    pid = me if owner is None else owner
+    header = _header.encode_new(head, token, pid, temporary, aligned, name)
     size = len(header) + nbytes
     if size > sys.maxsize:
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
-    tmp = _names.staging_path(p.dir, token)
+    tmp = _names.staging_path(p.dir, token, me)
     try:
         # Pre-fault large shm segments (fallocate already allocated the
         # pages); never a file on disk, where populating would read the
@@ -390,10 +393,9 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
         return False
     token = "%016x" % random.getrandbits(64)
     try:
-        header = _header.encode(_header.header_dict(dt, shape, fortran),
-                                _header.comment(token, seg.meta.pid, True,
-                                                _header.aligned_flags(dt)),
-                                seg.name)
+        header = _header.encode_new(_header.header_dict(dt, shape, fortran),
+                                    token, seg.meta.pid, True,
+                                    _header.aligned_flags(dt), seg.name)
     except ValueError:
         return False
     if len(header) + src.nbytes != seg.size:
