@@ -66,6 +66,7 @@ class Path(NamedTuple):
     path: str      # what the C core opens: "/name" for shm, a path for files
     fspath: str    # the same object as a file-system path (Linux)
     dir: str
+    refillable: bool = False   # an executor input copy (see is_refillable)
 
 
 _cache: dict[str, Path] = {}
@@ -118,7 +119,8 @@ def parse(name: Any) -> Path:
             raise ValueError(f"invalid name {name!r}: longer than {NAME_MAX} bytes")
         cacheable = True
         parsed = Path(_ext.KIND_SHM, base, shm_path(base), SHM_DIR + "/" + base,
-                      SHM_DIR)
+                      SHM_DIR, base.startswith(GENERATED_PREFIX)
+                      and base.endswith(REFILLABLE_SUFFIX))
     if cacheable:
         if len(_cache) > 4096:
             _cache.clear()
@@ -165,8 +167,7 @@ def generate(pid: int | None = None, refillable: bool = False) -> str:
 
 def is_refillable(p: Path) -> bool:
     """Whether ``p`` names an executor input copy (see :func:`generate`)."""
-    return (p.kind == _ext.KIND_SHM and p.canon.startswith(GENERATED_PREFIX)
-            and p.canon.endswith(REFILLABLE_SUFFIX))
+    return p.refillable
 
 
 def pool_prefix(pid: int, tag: int) -> str:

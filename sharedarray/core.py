@@ -279,6 +279,9 @@ def view(seg: Segment, offset: int, shape: tuple, strides: tuple | None,
     return arr
 
 
+_new_array = np.ndarray.__new__
+
+
 def wrap(seg: Segment, writeable: bool = True) -> ndarray:
     """The whole array a segment holds."""
     m = seg.meta
@@ -418,16 +421,27 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
 def attach_segment(name: str, ro: bool = False) -> Segment:
     """Map an existing segment and validate its header (behind :func:`attach`)."""
     p = _names.parse(name)
+    refillable = p.refillable
     try:
         seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
-                                                 _names.is_refillable(p))
+                                                 refillable)
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EISDIR) and os.path.isdir(p.fspath):
             # shm_open reports a directory as EINVAL
             raise IsADirectoryError(errno.EISDIR, f"{name!r} is a directory, "
                                     f"not an array", name) from None
         raise
-    return _checked(seg, text, offset, version, name)
+    if text is None:         # validated at an earlier attach of this object
+        return seg
+    seg = _checked(seg, text, offset, version, name)
+    # Headers this library writes never change once published, except a
+    # refillable temporary's (rewritten under the flock, never cached):
+    # the C core may skip reading this object's header from now on.  Not
+    # for headers written by others (np.save may rewrite one in place) or
+    # for files (their timestamps may be too coarse to tell writes apart).
+    if seg.meta.token is not None and not refillable and p.kind == _ext.KIND_SHM:
+        _ext.remember(seg)
+    return seg
 
 
 def attach_fd_segment(name: str, fd: int, ro: bool = False) -> Segment:
@@ -502,7 +516,11 @@ def attach(name: str, ro: bool = False) -> ndarray:
         The object is not a valid ``.npy`` array, or is truncated or corrupt.
     """
     seg = attach_segment(name, ro)
-    return wrap(seg, not ro)
+    m = seg.meta
+    # view()'s one numpy call, inline: this is the hot path.  A read-only
+    # segment exports a read-only buffer, so numpy makes the array read-only.
+    return _new_array(ndarray, m.shape, m.dtype, seg, m.offset, None,
+                      "F" if m.fortran else "C")
 
 
 def delete(name: str) -> None:

@@ -67,10 +67,31 @@ typedef struct {
     unsigned long long st_dev;
     unsigned long long st_ino;
     long long mtime_ns;
+    long long ctime_ns;   /* with the above: the key of the header cache */
 } Segment;
+
+/* The header cache: what Python validated for an object (seg.meta), by
+ * the object's device, inode, size, mtime and ctime.  A header this
+ * library wrote is immutable once its name is published (the one
+ * exception, refilling, happens only under an exclusive flock, on names
+ * that attach locks and never caches), so an attach that finds its
+ * object here needs neither to read nor to parse the header again.
+ * Python fills it (remember()) only for shm objects with its own header;
+ * read and written only with the GIL held. */
+#define HEADER_CACHE_SLOTS 64
+
+typedef struct {
+    unsigned long long st_dev;
+    unsigned long long st_ino;
+    long long mtime_ns;
+    long long ctime_ns;
+    Py_ssize_t size;
+    PyObject *meta;       /* NULL: empty */
+} header_entry;
 
 typedef struct {
     PyTypeObject *segment_type;
+    header_entry headers[HEADER_CACHE_SLOTS];
 } module_state;
 
 static module_state *
@@ -148,7 +169,7 @@ segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
     self->meta = NULL;
     self->readonly = readonly;
     self->st_dev = self->st_ino = 0;
-    self->mtime_ns = 0;
+    self->mtime_ns = self->ctime_ns = 0;
     Py_INCREF(name);
     self->name = name;
     PyObject_GC_Track(self);
@@ -307,10 +328,33 @@ set_identity(Segment *self, const struct stat *st)
 #if defined(__APPLE__)
     self->mtime_ns = (long long)st->st_mtimespec.tv_sec * 1000000000LL +
                      st->st_mtimespec.tv_nsec;
+    self->ctime_ns = (long long)st->st_ctimespec.tv_sec * 1000000000LL +
+                     st->st_ctimespec.tv_nsec;
 #else
     self->mtime_ns = (long long)st->st_mtim.tv_sec * 1000000000LL +
                      st->st_mtim.tv_nsec;
+    self->ctime_ns = (long long)st->st_ctim.tv_sec * 1000000000LL +
+                     st->st_ctim.tv_nsec;
 #endif
+}
+
+static header_entry *
+header_slot(module_state *state, const Segment *seg)
+{
+    return &state->headers[(seg->st_ino ^ seg->st_dev) % HEADER_CACHE_SLOTS];
+}
+
+/* The meta remembered for the object seg maps, or NULL (borrowed). */
+static PyObject *
+cached_meta(module_state *state, const Segment *seg)
+{
+    const header_entry *e = header_slot(state, seg);
+    if (e->meta != NULL && e->st_dev == seg->st_dev &&
+        e->st_ino == seg->st_ino && e->size == seg->size &&
+        e->mtime_ns == seg->mtime_ns && e->ctime_ns == seg->ctime_ns) {
+        return e->meta;
+    }
+    return NULL;
 }
 
 static PyObject *
@@ -879,13 +923,11 @@ read_head(int fd, unsigned char *head, Py_ssize_t want, Py_ssize_t *got)
     return 0;
 }
 
-/* fstat fd, check it is a non-empty regular file and read its first bytes
- * into head (*got of them).  Returns 0, or -1 with *err set (0 for "not a
- * regular file" or "empty", *size telling which, as raise_map_error
- * wants).  Called without the GIL. */
+/* fstat fd and check it is a non-empty regular file.  Returns 0, or -1
+ * with *err set (0 for "not a regular file" or "empty", *size telling
+ * which, as raise_map_error wants).  Called without the GIL. */
 static int
-stat_and_read_head(int fd, struct stat *st, Py_ssize_t *size,
-                   unsigned char *head, Py_ssize_t *got, int *err)
+stat_regular(int fd, struct stat *st, Py_ssize_t *size, int *err)
 {
     if (fstat(fd, st) < 0) {
         *err = errno;
@@ -897,23 +939,27 @@ stat_and_read_head(int fd, struct stat *st, Py_ssize_t *size,
         return -1;
     }
     *size = (Py_ssize_t)st->st_size;
-    *err = read_head(fd, head, *size < HEAD_BYTES ? *size : HEAD_BYTES, got);
-    return *err != 0 ? -1 : 0;
+    return 0;
 }
 
-/* open + fstat + pread of the head + mmap + close.  Called without the
- * GIL.  Returns the mapping or MAP_FAILED with *err set (see
- * stat_and_read_head).
- * With `lockfd`, the fd is not closed but returned there holding a shared
- * flock, taken before the header is read: a process that rewrites the
- * object in place takes the lock exclusively first, so it can do so only
- * while nobody maps it. */
-static void *
-map_existing(const char *path, int kind, int readonly, int populate,
-             Py_ssize_t *size, struct stat *stp, unsigned char *head,
-             Py_ssize_t *got, int *err, int *lockfd)
+/* Read the head of an object of `size` bytes (see HEAD_BYTES).  Returns 0
+ * or an errno value.  Called without the GIL. */
+static int
+read_object_head(int fd, Py_ssize_t size, unsigned char *head, Py_ssize_t *got)
 {
-    struct stat st;
+    return read_head(fd, head, size < HEAD_BYTES ? size : HEAD_BYTES, got);
+}
+
+/* open (+ shared flock) + fstat + mmap.  Called without the GIL.  Returns
+ * the mapping with its fd still open in *fdp, or MAP_FAILED with *err set
+ * (see stat_regular) and nothing left open.  With `lock`, the shared flock
+ * is taken before anything of the object is read: a process that rewrites
+ * the object in place takes the lock exclusively first, so it can do so
+ * only while nobody maps it (the fd then stays with the segment). */
+static void *
+open_and_map(const char *path, int kind, int readonly, int populate, int lock,
+             Py_ssize_t *size, struct stat *st, int *fdp, int *err)
+{
     void *addr = MAP_FAILED;
     int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
     int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
@@ -923,29 +969,26 @@ map_existing(const char *path, int kind, int readonly, int populate,
         *err = errno;
         return MAP_FAILED;
     }
-    if (lockfd != NULL && (*err = lock_shared(fd)) != 0) {
+    if (lock && (*err = lock_shared(fd)) != 0) {
         goto cleanup;
     }
-    if (stat_and_read_head(fd, &st, size, head, got, err) < 0) {
+    if (stat_regular(fd, st, size, err) < 0) {
         goto cleanup;
     }
-    addr = mmap(NULL, (size_t)st.st_size, prot, flags, fd, 0);
+    addr = mmap(NULL, (size_t)*size, prot, flags, fd, 0);
     if (addr == MAP_FAILED) {
         *err = errno;
+        goto cleanup;
     }
-    else {
-        *stp = st;
-        if (lockfd != NULL) {
-            *lockfd = fd;
-            return addr;
-        }
-    }
+    *fdp = fd;
+    return addr;
+
 cleanup:
     close(fd);
-    return addr;
+    return MAP_FAILED;
 }
 
-/* The error of a failed map_existing / map_fd. */
+/* The error of a failed open_and_map / map_fd. */
 static void
 raise_map_error(int err, Py_ssize_t size, PyObject *name)
 {
@@ -961,14 +1004,15 @@ raise_map_error(int err, Py_ssize_t size, PyObject *name)
 }
 
 /* fstat + mmap of an fd the caller keeps.  Called without the GIL; same
- * results as map_existing. */
+ * errors as open_and_map; reads the head too. */
 static void *
 map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st,
        unsigned char *head, Py_ssize_t *got, int *err)
 {
     void *addr;
     int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
-    if (stat_and_read_head(fd, st, size, head, got, err) < 0) {
+    if (stat_regular(fd, st, size, err) < 0 ||
+        (*err = read_object_head(fd, *size, head, got)) != 0) {
         return MAP_FAILED;
     }
     addr = mmap(NULL, (size_t)st->st_size, prot, MAP_SHARED, fd, 0);
@@ -1093,30 +1137,57 @@ attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
     return *readonly < 0 || *populate < 0 || *lock < 0 ? -1 : 0;
 }
 
+/* The result of an attach whose object is in the header cache:
+ * (segment, None, 0, 0), seg.meta set.  Closes fd: it is a shm object's,
+ * whose close never waits, so this is done with the GIL held. */
+static PyObject *
+attached_cached(Segment *seg, PyObject *meta, int fd)
+{
+    close(fd);
+    Py_INCREF(meta);
+    Py_XSETREF(seg->meta, meta);
+    return Py_BuildValue("(OOni)", seg, Py_None, (Py_ssize_t)0, 0);
+}
+
+/* Returns (segment, header_text, data_offset, npy_version), or (segment,
+ * None, 0, 0) with segment.meta already set when the header cache holds
+ * this very object (shm, attached without the lock). */
 static PyObject *
 ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    module_state *state = get_state(module);
     PyObject *name;
     const char *path;
     int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
+    int cacheable;
     Py_ssize_t size = 0, data_offset = 0, got = 0;
     unsigned char head[HEAD_BYTES];
     void *addr;
     struct stat st;
     Segment *seg = NULL;
-    PyObject *header = NULL, *result = NULL;
+    PyObject *header = NULL, *result = NULL, *meta;
 
     if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate,
                     &lock) < 0) {
         return NULL;
     }
-    seg = segment_alloc(get_state(module)->segment_type, name, readonly);
+    seg = segment_alloc(state->segment_type, name, readonly);
     if (seg == NULL) {
         return NULL;
     }
+    /* Not cacheable: read the head right away, in the same release of
+     * the GIL.  Cacheable: only after looking the object up. */
+    cacheable = kind == KIND_SHM && !lock;
     Py_BEGIN_ALLOW_THREADS
-    addr = map_existing(path, kind, readonly, populate, &size, &st, head, &got,
-                        &err, lock ? &fd : NULL);
+    addr = open_and_map(path, kind, readonly, populate, lock, &size, &st, &fd,
+                        &err);
+    if (addr != MAP_FAILED && !cacheable) {
+        err = read_object_head(fd, size, head, &got);
+        if (!lock) {
+            close(fd);
+            fd = -1;
+        }
+    }
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
         raise_map_error(err, size, name);
@@ -1124,8 +1195,28 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     seg->addr = addr;
     seg->size = size;
-    seg->fd = fd;
     set_identity(seg, &st);
+    if (lock) {
+        seg->fd = fd;           /* closed (lock released) with the segment */
+        fd = -1;
+    }
+    if (cacheable) {
+        meta = cached_meta(state, seg);
+        if (meta != NULL) {
+            result = attached_cached(seg, meta, fd);
+            fd = -1;
+            goto cleanup;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        err = read_object_head(fd, size, head, &got);
+        close(fd);
+        Py_END_ALLOW_THREADS
+        fd = -1;
+    }
+    if (err != 0) {
+        raise_errno(err, name);
+        goto cleanup;
+    }
     header = parse_header(head, got, addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
@@ -1136,6 +1227,45 @@ cleanup:
     Py_XDECREF(header);
     Py_XDECREF(seg);
     return result;
+}
+
+/* remember(segment): record segment.meta, the validated header of the
+ * object it maps, in the header cache under the object's identity. */
+static PyObject *
+ext_remember(PyObject *module, PyObject *arg)
+{
+    module_state *state = get_state(module);
+    Segment *seg;
+    header_entry *e;
+    if (!PyObject_TypeCheck(arg, state->segment_type)) {
+        PyErr_SetString(PyExc_TypeError, "remember() takes a Segment");
+        return NULL;
+    }
+    seg = (Segment *)arg;
+    if (seg->meta == NULL || seg->meta == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "remember(): the segment has no meta");
+        return NULL;
+    }
+    e = header_slot(state, seg);
+    e->st_dev = seg->st_dev;
+    e->st_ino = seg->st_ino;
+    e->size = seg->size;
+    e->mtime_ns = seg->mtime_ns;
+    e->ctime_ns = seg->ctime_ns;
+    Py_INCREF(seg->meta);
+    Py_XSETREF(e->meta, seg->meta);
+    Py_RETURN_NONE;
+}
+
+/* forget(): empty the header cache. */
+static PyObject *
+ext_forget(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    module_state *state = get_state(module);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_CLEAR(state->headers[i].meta);
+    }
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1214,6 +1344,12 @@ static PyMethodDef ext_methods[] = {
      "Atomically create, reserve, map and fill the header of a new object."},
     {"attach", (PyCFunction)(void (*)(void))ext_attach, METH_FASTCALL,
      "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
+    {"remember", ext_remember, METH_O,
+     "remember(segment)\n--\n\nCache segment.meta for the object it maps "
+     "(its device, inode, size, mtime, ctime): attach() of that object "
+     "then reads no header."},
+    {"forget", ext_forget, METH_NOARGS,
+     "forget()\n--\n\nEmpty the header cache."},
     {"attach_fd", ext_attach_fd, METH_VARARGS,
      "Map the object behind an open fd; returns what attach() returns."},
     {"preamble", ext_preamble, METH_VARARGS,
@@ -1260,14 +1396,22 @@ ext_exec(PyObject *module)
 static int
 ext_traverse(PyObject *module, visitproc visit, void *arg)
 {
-    Py_VISIT(get_state(module)->segment_type);
+    module_state *state = get_state(module);
+    Py_VISIT(state->segment_type);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_VISIT(state->headers[i].meta);
+    }
     return 0;
 }
 
 static int
 ext_clear(PyObject *module)
 {
-    Py_CLEAR(get_state(module)->segment_type);
+    module_state *state = get_state(module);
+    Py_CLEAR(state->segment_type);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_CLEAR(state->headers[i].meta);
+    }
     return 0;
 }
 
