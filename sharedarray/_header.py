@@ -188,10 +188,18 @@ def header_dict(dt: np.dtype, shape: tuple, fortran: bool) -> str:
     return f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {shape!r}, }} "
 
 
-def comment(token: str, pid: int, temporary: bool, aligned: str = "") -> str:
-    """The library's comment after the dict (see the module docstring)."""
-    return (f"#sharedarray:2:{token}:{pid:d}:{BOOT_ID}:{int(time.time() * 1000):d}:"
-            f"{int(temporary):d}:{SHM_DEV:d}:{PID_NS:d}:{aligned}")
+COMMENT_START = "#sharedarray:2:"
+TOKEN_LEN = 16                     # hex digits of a token
+
+
+def comment(token: str, pid: int, temporary: bool, aligned: str = "",
+            ms: int | None = None) -> str:
+    """The library's comment after the dict (see the module docstring);
+    ``ms``: the creation time (default: now)."""
+    if ms is None:
+        ms = int(time.time() * 1000)
+    return (f"{COMMENT_START}{token}:{pid:d}:{BOOT_ID}:{ms:d}:{int(temporary):d}:"
+            f"{SHM_DEV:d}:{PID_NS:d}:{aligned}")
 
 
 def encode(head: str, meta: str, name: str = "") -> bytes:
@@ -219,6 +227,47 @@ def encode(head: str, meta: str, name: str = "") -> bytes:
     body = body + b" " * (hlen - len(body) - 1) + b"\n"
     return MAGIC + bytes([version, 0]) + hlen.to_bytes(
         2 if version == 1 else 4, "little") + body
+
+
+# (head, pid, temporary, aligned, digits of the time) -> the bytes of a
+# header before its token, between token and time, and after the time.
+# The token and the time have a fixed length for one key, so the padding
+# does too: create's header is three cached pieces and two fields.
+_pieces: dict[tuple, tuple[bytes, bytes, bytes]] = {}
+
+
+def _split_header(head: str, pid: int, temporary: bool, aligned: str,
+                  digits: int, name: str) -> tuple[bytes, bytes, bytes]:
+    token, ms = "0" * TOKEN_LEN, int("1" * digits)
+    text = comment(token, pid, temporary, aligned, ms)
+    header = encode(head, text, name)
+    end = len(header.rstrip(b" \n"))        # the comment is the last text
+    at = end - len(text)                     # ASCII: one byte per character
+    if header[at:end] != text.encode():
+        raise AssertionError("header template: comment not where expected")
+    tok = at + len(COMMENT_START)
+    ms_at = tok + TOKEN_LEN + len(f":{pid:d}:{BOOT_ID}:")
+    return header[:tok], header[tok + TOKEN_LEN:ms_at], header[ms_at + digits:]
+
+
+def encode_new(head: str, token: str, pid: int, temporary: bool,
+               aligned: str = "", name: str = "") -> bytes:
+    """``encode(head, comment(token, pid, temporary, aligned))`` for a
+    segment made now, from cached pieces (create's hot path).  ``token``
+    is :data:`TOKEN_LEN` hex digits."""
+    ms = b"%d" % int(time.time() * 1000)
+    key = (head, pid, temporary, aligned, len(ms))
+    try:
+        before, middle, after = _pieces[key]
+    except KeyError:
+        before, middle, after = _split_header(head, pid, temporary, aligned,
+                                              len(ms), name)
+        if len(_pieces) > 256:
+            _pieces.clear()
+        _pieces[key] = (before, middle, after)
+    if len(token) != TOKEN_LEN:
+        raise ValueError(f"a token is {TOKEN_LEN} hex digits, not {token!r}")
+    return b"".join((before, token.encode("ascii"), middle, ms, after))
 
 
 # ---------------------------------------------------------------- decode

@@ -65,6 +65,7 @@ class Path(NamedTuple):
     path: str      # what the C core opens: "/name" for shm, a path for files
     fspath: str    # the same object as a file-system path (Linux)
     dir: str
+    refillable: bool = False   # an executor input copy (see is_refillable)
 
 
 _cache: dict[str, Path] = {}
@@ -117,7 +118,8 @@ def parse(name: Any) -> Path:
             raise ValueError(f"invalid name {name!r}: longer than {NAME_MAX} bytes")
         cacheable = True
         parsed = Path(_ext.KIND_SHM, base, shm_path(base), SHM_DIR + "/" + base,
-                      SHM_DIR)
+                      SHM_DIR, base.startswith(GENERATED_PREFIX)
+                      and base.endswith(REFILLABLE_SUFFIX))
     if cacheable:
         if len(_cache) > 4096:
             _cache.clear()
@@ -164,8 +166,7 @@ def generate(pid: int | None = None, refillable: bool = False) -> str:
 
 def is_refillable(p: Path) -> bool:
     """Whether ``p`` names an executor input copy (see :func:`generate`)."""
-    return (p.kind == _ext.KIND_SHM and p.canon.startswith(GENERATED_PREFIX)
-            and p.canon.endswith(REFILLABLE_SUFFIX))
+    return p.refillable
 
 
 def pool_prefix(pid: int, tag: int) -> str:
@@ -173,9 +174,10 @@ def pool_prefix(pid: int, tag: int) -> str:
     return f"{generated_prefix(pid)}{tag:04x}x"
 
 
-def staging_path(dir: str, token: str) -> str:
-    """The staging file of a create with header token ``token``."""
-    return f"{dir}/.sa-tmp-{os.getpid()}-{token}"
+def staging_path(dir: str, token: str, pid: int | None = None) -> str:
+    """The staging file of a create with header token ``token`` made by
+    process ``pid`` (default: this one)."""
+    return f"{dir}/.sa-tmp-{os.getpid() if pid is None else pid}-{token}"
 
 
 def tracker() -> Any:

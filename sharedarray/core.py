@@ -122,6 +122,8 @@ def _layout(shape: Any, dtype: Any, order: str) -> tuple[np.dtype, tuple, bool]:
 
 def _check_mode(mode: Any) -> int:
     """Permission bits: an int in 0..0o777 (no setuid, setgid or sticky bit)."""
+    if type(mode) is int and 0 <= mode <= 0o777:
+        return mode
     if type(mode) is bool or not isinstance(mode, (int, np.integer)):
         raise ValueError(f"mode must be an int of permission bits (0..0o777), "
                          f"not {mode!r}")
@@ -131,6 +133,14 @@ def _check_mode(mode: Any) -> int:
                          f"bits are allowed")
     return mode
 
+
+# create() pre-faults shm segments of at least this many bytes in one call
+# (MADV_POPULATE_WRITE): for large arrays that is cheaper than a fault per
+# page at the first write.  Below it, the call and the page-table teardown
+# it causes at unmap cost more than the faults a first write takes (which
+# an array never written pays not at all): a 10-element create+delete
+# takes ~30% less time without it, create+fill up to 1 MiB no more.
+POPULATE_MIN = 1 << 20
 
 # create()'s (shape, dtype, order) -> normalised layout and header dict text
 _layout_cache: dict[tuple, tuple] = {}
@@ -269,6 +279,9 @@ def view(seg: Segment, offset: int, shape: tuple, strides: tuple | None,
     return arr
 
 
+_new_array = np.ndarray.__new__
+
+
 def wrap(seg: Segment, writeable: bool = True) -> ndarray:
     """The whole array a segment holds."""
     m = seg.meta
@@ -326,34 +339,36 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     mode = _check_mode(mode)
     key = (shape, dtype, order)
     try:
-        dt, shape, fortran, nbytes, head = _layout_cache[key]
+        dt, shape, fortran, nbytes, head, aligned = _layout_cache[key]
     except (KeyError, TypeError):     # new, or unhashable (a list shape)
         dt, shape, fortran = _layout(shape, dtype, order)
         nbytes = dt.itemsize
         for n in shape:
             nbytes *= n
         head = _header.header_dict(dt, shape, fortran)
+        aligned = _header.aligned_flags(dt)
         # Structured dtypes compare equal across align/metadata: not cached.
         if dt.names is None and dt.metadata is None and not isinstance(dtype, np.dtype):
             try:
                 if len(_layout_cache) > 256:
                     _layout_cache.clear()
-                _layout_cache[key] = (dt, shape, fortran, nbytes, head)
+                _layout_cache[key] = (dt, shape, fortran, nbytes, head, aligned)
             except TypeError:
                 pass
     token = f"{random.getrandbits(64):016x}"
-    pid = os.getpid() if owner is None else owner
-    header = _header.encode(head, _header.comment(token, pid, temporary,
-                                                  _header.aligned_flags(dt)), name)
+    me = os.getpid()
+    pid = me if owner is None else owner
+    header = _header.encode_new(head, token, pid, temporary, aligned, name)
     size = len(header) + nbytes
     if size > sys.maxsize:
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
-    tmp = _names.staging_path(p.dir, token)
+    tmp = _names.staging_path(p.dir, token, me)
     try:
-        # Pre-fault shm pages (fallocate already allocated them); never a
-        # file on disk, where populating would read the whole file in.
+        # Pre-fault large shm segments (fallocate already allocated the
+        # pages); never a file on disk, where populating would read the
+        # whole file in.
         seg = _ext.create(p.canon, p.path, p.kind, size, header, mode,
-                          p.kind == _ext.KIND_SHM,
+                          p.kind == _ext.KIND_SHM and size >= POPULATE_MIN,
                           p.fspath, p.dir, tmp, data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
@@ -381,10 +396,9 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
         return False
     token = f"{random.getrandbits(64):016x}"
     try:
-        header = _header.encode(_header.header_dict(dt, shape, fortran),
-                                _header.comment(token, seg.meta.pid, True,
-                                                _header.aligned_flags(dt)),
-                                seg.name)
+        header = _header.encode_new(_header.header_dict(dt, shape, fortran),
+                                    token, seg.meta.pid, True,
+                                    _header.aligned_flags(dt), seg.name)
     except ValueError:
         return False
     if len(header) + src.nbytes != seg.size:
@@ -407,16 +421,27 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
 def attach_segment(name: str, ro: bool = False) -> Segment:
     """Map an existing segment and validate its header (behind :func:`attach`)."""
     p = _names.parse(name)
+    refillable = p.refillable
     try:
         seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
-                                                 _names.is_refillable(p))
+                                                 refillable)
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EISDIR) and os.path.isdir(p.fspath):
             # shm_open reports a directory as EINVAL
             raise IsADirectoryError(errno.EISDIR, f"{name!r} is a directory, "
                                     f"not an array", name) from None
         raise
-    return _checked(seg, text, offset, version, name)
+    if text is None:         # validated at an earlier attach of this object
+        return seg
+    seg = _checked(seg, text, offset, version, name)
+    # Headers this library writes never change once published, except a
+    # refillable temporary's (rewritten under the flock, never cached):
+    # the C core may skip reading this object's header from now on.  Not
+    # for headers written by others (np.save may rewrite one in place) or
+    # for files (their timestamps may be too coarse to tell writes apart).
+    if seg.meta.token is not None and not refillable and p.kind == _ext.KIND_SHM:
+        _ext.remember(seg)
+    return seg
 
 
 def attach_fd_segment(name: str, fd: int, ro: bool = False) -> Segment:
@@ -491,7 +516,11 @@ def attach(name: str, ro: bool = False) -> ndarray:
         The object is not a valid ``.npy`` array, or is truncated or corrupt.
     """
     seg = attach_segment(name, ro)
-    return wrap(seg, not ro)
+    m = seg.meta
+    # view()'s one numpy call, inline: this is the hot path.  A read-only
+    # segment exports a read-only buffer, so numpy makes the array read-only.
+    return _new_array(ndarray, m.shape, m.dtype, seg, m.offset, None,
+                      "F" if m.fortran else "C")
 
 
 def delete(name: str) -> None:

@@ -1431,3 +1431,86 @@ def test_start_time_identifies_a_process() -> None:
     mine = _ext.start_time(os.getpid())
     assert mine > 0 and _ext.start_time(os.getpid()) == mine
     assert _ext.start_time(2 ** 22 + 12345) == 0   # beyond pid_max: no such process
+
+
+# ---------------------------------------------------------------- the header cache
+
+def test_attach_reuses_the_validated_header_of_the_same_object(shm_name: str) -> None:
+    from sharedarray import _ext
+    _ext.forget()
+    a = sa.create(shm_name, (2, 3), np.int16)
+    first, second = sa.attach(shm_name), sa.attach(shm_name, ro=True)
+    assert second.segment.meta is first.segment.meta        # read once
+    assert second.shape == (2, 3) and second.dtype == np.int16
+    assert not second.flags.writeable and first.flags.writeable
+    # The same name made again is another object: its own header.
+    sa.delete(shm_name)
+    b = sa.create(shm_name, (3, 2), np.float32)
+    try:
+        c = sa.attach(shm_name)
+        assert c.shape == (3, 2) and c.dtype == np.float32
+        assert c.segment.meta.token == b.segment.meta.token != a.segment.meta.token
+    finally:
+        sa.delete(shm_name)
+
+
+def test_a_header_rewritten_in_place_is_read_again(shm_name: str) -> None:
+    # A header rewritten in place (np.save over an existing name) changes
+    # the file's times, which are part of the cache key.
+    from sharedarray import _ext
+    _ext.forget()
+    path = SHM / shm_name
+    a = sa.create(shm_name, 16, np.uint8)
+    try:
+        assert sa.attach(shm_name).shape == (16,)
+        os.utime(path, ns=(1, 1))
+        assert sa.attach(shm_name).shape == (16,)
+        data = bytearray(path.read_bytes())
+        new = sa.create(shm_name + "-b", (4, 4), np.uint8)
+        data[:4096] = (SHM / (shm_name + "-b")).read_bytes()[:4096]
+        sa.delete(shm_name + "-b")
+        with open(path, "r+b") as f:
+            f.write(bytes(data[:4096]))
+        os.utime(path, ns=(2, 2))
+        b = sa.attach(shm_name)
+        assert b.shape == (4, 4) and b.segment.meta.token == new.segment.meta.token
+    finally:
+        sa.delete(shm_name)
+    del a
+
+
+def test_foreign_headers_are_not_cached(shm_name: str) -> None:
+    # A .npy this library did not write may change in place without its
+    # times changing (a write through a mapping): attach reads it each time.
+    path = SHM / shm_name
+    np.save(path.open("wb"), np.zeros(8, np.uint8))
+    try:
+        assert sa.attach(shm_name).shape == (8,)
+        st0 = os.stat(path)
+        data = bytearray(path.read_bytes())
+        text = data[10:data.index(b"}") + 1]
+        new = text.replace(b"(8,)", b"(2, 4)")    # the padding after it shrinks
+        data[10:10 + len(new)] = new
+        with open(path, "r+b") as f:
+            f.write(bytes(data))
+        os.utime(path, ns=(st0.st_atime_ns, st0.st_mtime_ns))
+        assert sa.attach(shm_name).shape == (2, 4)
+    finally:
+        os.unlink(path)
+
+
+def test_refillable_headers_are_not_cached() -> None:
+    from sharedarray import _names, core
+    name = _names.generate(refillable=True)
+    seg = core.create_segment(name, 4, np.int64, temporary=True)
+    try:
+        b = sa.attach(name)
+        assert b.shape == (4,)
+        del b
+        assert core.refill_segment(seg, np.arange(8, dtype=np.int32))
+        c = sa.attach(name)
+        assert c.shape == (8,) and c.dtype == np.int32 and c.tolist() == list(range(8))
+        assert c.segment.meta.token == seg.meta.token
+        del c
+    finally:
+        sa.delete(name)

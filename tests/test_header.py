@@ -43,6 +43,24 @@ def test_encode_then_decode(dt):
     assert meta.pid_ns == _header.PID_NS and meta.shm_dev == _header.SHM_DEV
 
 
+@pytest.mark.parametrize("dt", ["<f8", [("é", "<i4")], [(f"f{i}", "<i4") for i in range(3000)]])
+@pytest.mark.parametrize("temporary", [False, True])
+def test_encode_new_is_encode_of_comment(dt, temporary, monkeypatch):
+    # create's cached pieces give the bytes encode() gives (also for utf-8
+    # and version-2 headers), and stay right when the time grows a digit.
+    dt = np.dtype(dt)
+    head = _header.header_dict(dt, (2, 3), False)
+    aligned = _header.aligned_flags(dt)
+    for now in (1234.5678, 1234.9991, 12345678.9, 12345679.5):
+        monkeypatch.setattr(_header.time, "time", lambda now=now: now)
+        for token in ("0123456789abcdef", "fedcba9876543210"):
+            expect = _header.encode(head, _header.comment(token, 42, temporary, aligned,
+                                                          int(now * 1000)))
+            assert _header.encode_new(head, token, 42, temporary, aligned) == expect
+    with pytest.raises(ValueError):
+        _header.encode_new(head, "abc", 42, temporary, aligned)
+
+
 def test_numpy_reads_what_we_write():
     import io
     data = _valid(np.dtype("<i2"), (3,)) + np.arange(3, dtype="<i2").tobytes()

@@ -39,6 +39,11 @@
  * MAX_HEADER); it is checked before a byte of the header is copied. */
 #define MAX_HEADER (1 << 20)
 
+/* attach reads this much of an object with pread: the preamble and, for
+ * every header create writes short of huge structured dtypes, all of the
+ * header (data starts at 4096). */
+#define HEAD_BYTES 4096
+
 #ifndef MAP_POPULATE
 #define MAP_POPULATE 0
 #endif
@@ -62,10 +67,31 @@ typedef struct {
     unsigned long long st_dev;
     unsigned long long st_ino;
     long long mtime_ns;
+    long long ctime_ns;   /* with the above: the key of the header cache */
 } Segment;
+
+/* The header cache: what Python validated for an object (seg.meta), by
+ * the object's device, inode, size, mtime and ctime.  A header this
+ * library wrote is immutable once its name is published (the one
+ * exception, refilling, happens only under an exclusive flock, on names
+ * that attach locks and never caches), so an attach that finds its
+ * object here needs neither to read nor to parse the header again.
+ * Python fills it (remember()) only for shm objects with its own header;
+ * read and written only with the GIL held. */
+#define HEADER_CACHE_SLOTS 64
+
+typedef struct {
+    unsigned long long st_dev;
+    unsigned long long st_ino;
+    long long mtime_ns;
+    long long ctime_ns;
+    Py_ssize_t size;
+    PyObject *meta;       /* NULL: empty */
+} header_entry;
 
 typedef struct {
     PyTypeObject *segment_type;
+    header_entry headers[HEADER_CACHE_SLOTS];
 } module_state;
 
 static module_state *
@@ -143,7 +169,7 @@ segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
     self->meta = NULL;
     self->readonly = readonly;
     self->st_dev = self->st_ino = 0;
-    self->mtime_ns = 0;
+    self->mtime_ns = self->ctime_ns = 0;
     Py_INCREF(name);
     self->name = name;
     PyObject_GC_Track(self);
@@ -302,10 +328,33 @@ set_identity(Segment *self, const struct stat *st)
 #if defined(__APPLE__)
     self->mtime_ns = (long long)st->st_mtimespec.tv_sec * 1000000000LL +
                      st->st_mtimespec.tv_nsec;
+    self->ctime_ns = (long long)st->st_ctimespec.tv_sec * 1000000000LL +
+                     st->st_ctimespec.tv_nsec;
 #else
     self->mtime_ns = (long long)st->st_mtim.tv_sec * 1000000000LL +
                      st->st_mtim.tv_nsec;
+    self->ctime_ns = (long long)st->st_ctim.tv_sec * 1000000000LL +
+                     st->st_ctim.tv_nsec;
 #endif
+}
+
+static header_entry *
+header_slot(module_state *state, const Segment *seg)
+{
+    return &state->headers[(seg->st_ino ^ seg->st_dev) % HEADER_CACHE_SLOTS];
+}
+
+/* The meta remembered for the object seg maps, or NULL (borrowed). */
+static PyObject *
+cached_meta(module_state *state, const Segment *seg)
+{
+    const header_entry *e = header_slot(state, seg);
+    if (e->meta != NULL && e->st_dev == seg->st_dev &&
+        e->st_ino == seg->st_ino && e->size == seg->size &&
+        e->mtime_ns == seg->mtime_ns && e->ctime_ns == seg->ctime_ns) {
+        return e->meta;
+    }
+    return NULL;
 }
 
 static PyObject *
@@ -749,49 +798,58 @@ skip_spaces(const unsigned char *p, Py_ssize_t start, Py_ssize_t end)
     return end;
 }
 
-/* Check the .npy preamble of a mapping; returns the header text (without
- * its trailing padding) and the data offset, or sets ValueError. */
-static PyObject *
-parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
-               Py_ssize_t *data_offset, int *version)
+/* Check the .npy preamble at the start of an object of `size` bytes whose
+ * first `avail` bytes are at p (avail >= min(size, 12)); sets the header
+ * text's start and length, or raises ValueError.  Reads only the preamble. */
+static int
+check_preamble(const unsigned char *p, Py_ssize_t avail, Py_ssize_t size,
+               PyObject *name, Py_ssize_t *start, Py_ssize_t *hlen,
+               int *version)
 {
     int major, lenbytes;
-    Py_ssize_t start, hlen, end;
 
-    if (size < NPY_MAGIC_LEN + 4 || memcmp(p, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
+    if (size < NPY_MAGIC_LEN + 4 || avail < NPY_MAGIC_LEN + 4 ||
+        memcmp(p, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
         PyErr_Format(PyExc_ValueError,
                      "%R is not a .npy array (bad magic or too short: %zd bytes)",
                      name, size);
-        return NULL;
+        return -1;
     }
     major = p[6];
     if (major < 1 || major > 3 || p[7] != 0) {
         PyErr_Format(PyExc_ValueError, "%R: unsupported .npy version %d.%d",
                      name, major, p[7]);
-        return NULL;
+        return -1;
     }
     *version = major;
     lenbytes = major == 1 ? 2 : 4;
-    start = 8 + lenbytes;
-    if (size < start) {
+    *start = 8 + lenbytes;
+    if (size < *start || avail < *start) {
         PyErr_Format(PyExc_ValueError, "%R: truncated .npy preamble", name);
-        return NULL;
+        return -1;
     }
-    hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
-    if (hlen > MAX_HEADER) {
+    *hlen = (Py_ssize_t)read_le(p + 8, lenbytes);
+    if (*hlen > MAX_HEADER) {
         /* Before anything is copied: a forged length cannot cost memory. */
         PyErr_Format(PyExc_ValueError,
                      "%R: .npy header length %zd is over the limit of %d bytes",
-                     name, hlen, MAX_HEADER);
-        return NULL;
+                     name, *hlen, MAX_HEADER);
+        return -1;
     }
-    if (hlen > size - start) {
+    if (*hlen > size - *start) {
         PyErr_Format(PyExc_ValueError,
                      "%R: header length %zd runs past the end of the %zd-byte "
-                     "object", name, hlen, size);
-        return NULL;
+                     "object", name, *hlen, size);
+        return -1;
     }
-    end = start + hlen;
+    return 0;
+}
+
+/* The header text at p[start, start + hlen) without its trailing padding. */
+static PyObject *
+header_text(const unsigned char *p, Py_ssize_t start, Py_ssize_t hlen)
+{
+    Py_ssize_t end = start + hlen;
     while (end > start && (p[end - 1] == '\n' || p[end - 1] == '\0')) {
         end--;
     }
@@ -800,8 +858,33 @@ parse_preamble(const unsigned char *p, Py_ssize_t size, PyObject *name,
                            p[end - 1] == '\0')) {
         end--;
     }
-    *data_offset = start + hlen;
     return PyBytes_FromStringAndSize((const char *)p + start, end - start);
+}
+
+/* What attach() makes of an object: check the preamble and return the
+ * header text, or set ValueError.  `head` holds the object's first `got`
+ * bytes (read with pread, so that attaching touches no page of the
+ * mapping: no fault, no page table, no TLB flush at unmap); a header that
+ * does not fit in them is read from the mapping `addr` (NULL: none). */
+static PyObject *
+parse_header(const unsigned char *head, Py_ssize_t got,
+             const unsigned char *addr, Py_ssize_t size, PyObject *name,
+             Py_ssize_t *data_offset, int *version)
+{
+    Py_ssize_t start, hlen;
+    if (check_preamble(head, got, size, name, &start, &hlen, version) < 0) {
+        return NULL;
+    }
+    if (start + hlen > got) {
+        if (addr == NULL || got < (size < HEAD_BYTES ? size : HEAD_BYTES)) {
+            /* Shrunk since fstat: the mapping may not cover the header. */
+            PyErr_Format(PyExc_ValueError, "%R: truncated .npy header", name);
+            return NULL;
+        }
+        head = addr;
+    }
+    *data_offset = start + hlen;
+    return header_text(head, start, hlen);
 }
 
 /* Take a shared flock on fd, waiting while another process holds it
@@ -817,17 +900,66 @@ lock_shared(int fd)
     return 0;
 }
 
-/* open + fstat + mmap + close.  Called without the GIL.  Returns the mapping
- * or MAP_FAILED with *err set (0 and *kind_err set for "not a regular file").
- * With `lockfd`, the fd is not closed but returned there holding a shared
- * flock, taken before the header is read: a process that rewrites the
- * object in place takes the lock exclusively first, so it can do so only
- * while nobody maps it. */
-static void *
-map_existing(const char *path, int kind, int readonly, int populate,
-             Py_ssize_t *size, struct stat *stp, int *err, int *lockfd)
+/* Read the first bytes of fd (up to HEAD_BYTES) into head: *got says how
+ * many.  Returns 0 or an errno value. */
+static int
+read_head(int fd, unsigned char *head, Py_ssize_t want, Py_ssize_t *got)
 {
-    struct stat st;
+    ssize_t n;
+    *got = 0;
+    while (*got < want) {
+        n = pread(fd, head + *got, (size_t)(want - *got), (off_t)*got);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno;
+        }
+        if (n == 0) {
+            break;
+        }
+        *got += n;
+    }
+    return 0;
+}
+
+/* fstat fd and check it is a non-empty regular file.  Returns 0, or -1
+ * with *err set (0 for "not a regular file" or "empty", *size telling
+ * which, as raise_map_error wants).  Called without the GIL. */
+static int
+stat_regular(int fd, struct stat *st, Py_ssize_t *size, int *err)
+{
+    if (fstat(fd, st) < 0) {
+        *err = errno;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode) || st->st_size <= 0) {
+        *err = 0;
+        *size = S_ISREG(st->st_mode) ? 0 : -1;
+        return -1;
+    }
+    *size = (Py_ssize_t)st->st_size;
+    return 0;
+}
+
+/* Read the head of an object of `size` bytes (see HEAD_BYTES).  Returns 0
+ * or an errno value.  Called without the GIL. */
+static int
+read_object_head(int fd, Py_ssize_t size, unsigned char *head, Py_ssize_t *got)
+{
+    return read_head(fd, head, size < HEAD_BYTES ? size : HEAD_BYTES, got);
+}
+
+/* open (+ shared flock) + fstat + mmap.  Called without the GIL.  Returns
+ * the mapping with its fd still open in *fdp, or MAP_FAILED with *err set
+ * (see stat_regular) and nothing left open.  With `lock`, the shared flock
+ * is taken before anything of the object is read: a process that rewrites
+ * the object in place takes the lock exclusively first, so it can do so
+ * only while nobody maps it (the fd then stays with the segment). */
+static void *
+open_and_map(const char *path, int kind, int readonly, int populate, int lock,
+             Py_ssize_t *size, struct stat *st, int *fdp, int *err)
+{
     void *addr = MAP_FAILED;
     int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
     int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
@@ -837,36 +969,26 @@ map_existing(const char *path, int kind, int readonly, int populate,
         *err = errno;
         return MAP_FAILED;
     }
-    if (lockfd != NULL && (*err = lock_shared(fd)) != 0) {
+    if (lock && (*err = lock_shared(fd)) != 0) {
         goto cleanup;
     }
-    if (fstat(fd, &st) < 0) {
-        *err = errno;
+    if (stat_regular(fd, st, size, err) < 0) {
         goto cleanup;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
-        *err = 0;
-        *size = S_ISREG(st.st_mode) ? 0 : -1;
-        goto cleanup;
-    }
-    *size = (Py_ssize_t)st.st_size;
-    addr = mmap(NULL, (size_t)st.st_size, prot, flags, fd, 0);
+    addr = mmap(NULL, (size_t)*size, prot, flags, fd, 0);
     if (addr == MAP_FAILED) {
         *err = errno;
+        goto cleanup;
     }
-    else {
-        *stp = st;
-        if (lockfd != NULL) {
-            *lockfd = fd;
-            return addr;
-        }
-    }
+    *fdp = fd;
+    return addr;
+
 cleanup:
     close(fd);
-    return addr;
+    return MAP_FAILED;
 }
 
-/* The error of a failed map_existing / map_fd. */
+/* The error of a failed open_and_map / map_fd. */
 static void
 raise_map_error(int err, Py_ssize_t size, PyObject *name)
 {
@@ -882,22 +1004,17 @@ raise_map_error(int err, Py_ssize_t size, PyObject *name)
 }
 
 /* fstat + mmap of an fd the caller keeps.  Called without the GIL; same
- * results as map_existing. */
+ * errors as open_and_map; reads the head too. */
 static void *
-map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st, int *err)
+map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st,
+       unsigned char *head, Py_ssize_t *got, int *err)
 {
     void *addr;
     int prot = readonly ? PROT_READ : PROT_READ | PROT_WRITE;
-    if (fstat(fd, st) < 0) {
-        *err = errno;
+    if (stat_regular(fd, st, size, err) < 0 ||
+        (*err = read_object_head(fd, *size, head, got)) != 0) {
         return MAP_FAILED;
     }
-    if (!S_ISREG(st->st_mode) || st->st_size <= 0) {
-        *err = 0;
-        *size = S_ISREG(st->st_mode) ? 0 : -1;
-        return MAP_FAILED;
-    }
-    *size = (Py_ssize_t)st->st_size;
     addr = mmap(NULL, (size_t)st->st_size, prot, MAP_SHARED, fd, 0);
     if (addr == MAP_FAILED) {
         *err = errno;
@@ -915,7 +1032,8 @@ ext_attach_fd(PyObject *module, PyObject *args)
 {
     PyObject *name, *header = NULL, *result = NULL;
     int fd, readonly, lock = 0, err = 0, version = 0, lockfd = -1;
-    Py_ssize_t size = 0, data_offset = 0;
+    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    unsigned char head[HEAD_BYTES];
     struct stat st;
     void *addr = MAP_FAILED;
     Segment *seg;
@@ -933,7 +1051,7 @@ ext_attach_fd(PyObject *module, PyObject *args)
         err = lockfd < 0 ? errno : lock_shared(lockfd);
     }
     if (err == 0) {
-        addr = map_fd(fd, readonly, &size, &st, &err);
+        addr = map_fd(fd, readonly, &size, &st, head, &got, &err);
     }
     Py_END_ALLOW_THREADS
     seg->fd = lockfd;           /* closed (lock released) with the segment */
@@ -944,7 +1062,7 @@ ext_attach_fd(PyObject *module, PyObject *args)
     seg->addr = addr;
     seg->size = size;
     set_identity(seg, &st);
-    header = parse_preamble(addr, size, name, &data_offset, &version);
+    header = parse_header(head, got, addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
     }
@@ -968,7 +1086,8 @@ ext_preamble(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*U:preamble", &data, &name)) {
         return NULL;
     }
-    header = parse_preamble(data.buf, data.len, name, &data_offset, &version);
+    header = parse_header(data.buf, data.len, NULL, data.len, name,
+                          &data_offset, &version);
     if (header != NULL) {
         result = Py_BuildValue("(Nni)", header, data_offset, version);
     }
@@ -1018,29 +1137,57 @@ attach_args(PyObject *const *args, Py_ssize_t nargs, PyObject **name,
     return *readonly < 0 || *populate < 0 || *lock < 0 ? -1 : 0;
 }
 
+/* The result of an attach whose object is in the header cache:
+ * (segment, None, 0, 0), seg.meta set.  Closes fd: it is a shm object's,
+ * whose close never waits, so this is done with the GIL held. */
+static PyObject *
+attached_cached(Segment *seg, PyObject *meta, int fd)
+{
+    close(fd);
+    Py_INCREF(meta);
+    Py_XSETREF(seg->meta, meta);
+    return Py_BuildValue("(OOni)", seg, Py_None, (Py_ssize_t)0, 0);
+}
+
+/* Returns (segment, header_text, data_offset, npy_version), or (segment,
+ * None, 0, 0) with segment.meta already set when the header cache holds
+ * this very object (shm, attached without the lock). */
 static PyObject *
 ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    module_state *state = get_state(module);
     PyObject *name;
     const char *path;
     int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
-    Py_ssize_t size = 0, data_offset = 0;
+    int cacheable;
+    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    unsigned char head[HEAD_BYTES];
     void *addr;
     struct stat st;
     Segment *seg = NULL;
-    PyObject *header = NULL, *result = NULL;
+    PyObject *header = NULL, *result = NULL, *meta;
 
     if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate,
                     &lock) < 0) {
         return NULL;
     }
-    seg = segment_alloc(get_state(module)->segment_type, name, readonly);
+    seg = segment_alloc(state->segment_type, name, readonly);
     if (seg == NULL) {
         return NULL;
     }
+    /* Not cacheable: read the head right away, in the same release of
+     * the GIL.  Cacheable: only after looking the object up. */
+    cacheable = kind == KIND_SHM && !lock;
     Py_BEGIN_ALLOW_THREADS
-    addr = map_existing(path, kind, readonly, populate, &size, &st, &err,
-                        lock ? &fd : NULL);
+    addr = open_and_map(path, kind, readonly, populate, lock, &size, &st, &fd,
+                        &err);
+    if (addr != MAP_FAILED && !cacheable) {
+        err = read_object_head(fd, size, head, &got);
+        if (!lock) {
+            close(fd);
+            fd = -1;
+        }
+    }
     Py_END_ALLOW_THREADS
     if (addr == MAP_FAILED) {
         raise_map_error(err, size, name);
@@ -1048,9 +1195,29 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     seg->addr = addr;
     seg->size = size;
-    seg->fd = fd;
     set_identity(seg, &st);
-    header = parse_preamble(addr, size, name, &data_offset, &version);
+    if (lock) {
+        seg->fd = fd;           /* closed (lock released) with the segment */
+        fd = -1;
+    }
+    if (cacheable) {
+        meta = cached_meta(state, seg);
+        if (meta != NULL) {
+            result = attached_cached(seg, meta, fd);
+            fd = -1;
+            goto cleanup;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        err = read_object_head(fd, size, head, &got);
+        close(fd);
+        Py_END_ALLOW_THREADS
+        fd = -1;
+    }
+    if (err != 0) {
+        raise_errno(err, name);
+        goto cleanup;
+    }
+    header = parse_header(head, got, addr, size, name, &data_offset, &version);
     if (header == NULL) {
         goto cleanup;
     }
@@ -1060,6 +1227,45 @@ cleanup:
     Py_XDECREF(header);
     Py_XDECREF(seg);
     return result;
+}
+
+/* remember(segment): record segment.meta, the validated header of the
+ * object it maps, in the header cache under the object's identity. */
+static PyObject *
+ext_remember(PyObject *module, PyObject *arg)
+{
+    module_state *state = get_state(module);
+    Segment *seg;
+    header_entry *e;
+    if (!PyObject_TypeCheck(arg, state->segment_type)) {
+        PyErr_SetString(PyExc_TypeError, "remember() takes a Segment");
+        return NULL;
+    }
+    seg = (Segment *)arg;
+    if (seg->meta == NULL || seg->meta == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "remember(): the segment has no meta");
+        return NULL;
+    }
+    e = header_slot(state, seg);
+    e->st_dev = seg->st_dev;
+    e->st_ino = seg->st_ino;
+    e->size = seg->size;
+    e->mtime_ns = seg->mtime_ns;
+    e->ctime_ns = seg->ctime_ns;
+    Py_INCREF(seg->meta);
+    Py_XSETREF(e->meta, seg->meta);
+    Py_RETURN_NONE;
+}
+
+/* forget(): empty the header cache. */
+static PyObject *
+ext_forget(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    module_state *state = get_state(module);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_CLEAR(state->headers[i].meta);
+    }
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1138,6 +1344,12 @@ static PyMethodDef ext_methods[] = {
      "Atomically create, reserve, map and fill the header of a new object."},
     {"attach", (PyCFunction)(void (*)(void))ext_attach, METH_FASTCALL,
      "Map an existing object; returns (segment, header_text, data_offset, npy_version)."},
+    {"remember", ext_remember, METH_O,
+     "remember($module, segment, /)\n--\n\nCache segment.meta for the object it maps "
+     "(its device, inode, size, mtime, ctime): attach() of that object "
+     "then reads no header."},
+    {"forget", ext_forget, METH_NOARGS,
+     "forget($module, /)\n--\n\nEmpty the header cache."},
     {"attach_fd", ext_attach_fd, METH_VARARGS,
      "Map the object behind an open fd; returns what attach() returns."},
     {"preamble", ext_preamble, METH_VARARGS,
@@ -1184,14 +1396,22 @@ ext_exec(PyObject *module)
 static int
 ext_traverse(PyObject *module, visitproc visit, void *arg)
 {
-    Py_VISIT(get_state(module)->segment_type);
+    module_state *state = get_state(module);
+    Py_VISIT(state->segment_type);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_VISIT(state->headers[i].meta);
+    }
     return 0;
 }
 
 static int
 ext_clear(PyObject *module)
 {
-    Py_CLEAR(get_state(module)->segment_type);
+    module_state *state = get_state(module);
+    Py_CLEAR(state->segment_type);
+    for (int i = 0; i < HEADER_CACHE_SLOTS; i++) {
+        Py_CLEAR(state->headers[i].meta);
+    }
     return 0;
 }
 
