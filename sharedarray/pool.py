@@ -4,7 +4,7 @@ Data flow::
 
     parent                                     worker
     ------                                     ------
-    submit(fn, *args) -> _Call, a _Future
+    submit(fn, *args) -> _Call; the executor's own future
       feeder thread pickles the _Call:
         sharedarray.ndarray -> handle           attach (same memory, writable)
         plain array >= threshold
@@ -19,7 +19,8 @@ Data flow::
                                                   -> new segment R owned by the
                                                      parent (tracker-registered)
       result thread unpickles; the parent owns R
-    _Future settles (a result that cannot be unpickled fails only its task)
+    the future settles (a result whose shared arrays cannot be attached
+    fails that task only: _doom)
 
 Rules, each enforced in one place:
 
@@ -58,6 +59,7 @@ import concurrent.futures
 import errno
 import functools
 import io
+import itertools
 import os
 import pickle
 import random
@@ -227,7 +229,7 @@ def _worker_init(config: _WorkerConfig, parent_start: int,
 class _Task:
     """A task as the worker runs it."""
 
-    __slots__ = ("fn", "args", "kwargs")
+    __slots__ = ("fn", "args", "kwargs", "key")
 
     def __call__(self) -> Any:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -241,12 +243,12 @@ class _Task:
         if t in _ATOMIC or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
                             and all(type(v) in _ATOMIC for v in value)):
             return value      # no array inside: the standard path is fastest
-        return _Result(value)
+        return _Result(value, self.key)
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> _Task:
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, key: int = 0) -> _Task:
     task = _Task()
-    task.fn, task.args, task.kwargs = fn, args, kwargs
+    task.fn, task.args, task.kwargs, task.key = fn, args, kwargs, key
     return task
 
 
@@ -254,8 +256,9 @@ def _unsent() -> None:
     """Worker side of a task whose arguments could not be pickled."""
 
 
-def _run_pickled(payload: bytes) -> _Task:
-    return _run(*pickle.loads(payload))
+def _run_pickled(payload: bytes, key: int = 0) -> _Task:
+    fn, args, kwargs = pickle.loads(payload)
+    return _run(fn, args, kwargs, key)
 
 
 _forking_table: Any = None
@@ -320,10 +323,11 @@ class _ResultPickler(pickle.Pickler):
 class _Result:
     """A worker's return value on its way back to the parent."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "key")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, key: int) -> None:
         self.value = value
+        self.key = key            # the parent's _Call.key
 
     def __reduce__(self) -> tuple:
         buf = io.BytesIO()
@@ -334,7 +338,7 @@ class _Result:
             for seg in p.created:
                 discard(seg.name)
             raise
-        return _load_result, (buf.getvalue(),)
+        return _load_result, (buf.getvalue(), self.key)
 
 
 class _HandleLost(Exception):
@@ -355,24 +359,19 @@ def _adopt_in_parent(*handle: Any) -> ndarray:
         raise _HandleLost(exc) from exc
 
 
-class _Lost:
-    """A result whose shared arrays could not be brought back."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _load_result(payload: bytes) -> Any:
+def _load_result(payload: bytes, key: int) -> Any:
     """Parent (result thread): unpickle a result.  A shared array that cannot
-    be attached fails this task only (with the real exception); anything
-    else that cannot be unpickled breaks the pool, as in the standard
-    executor."""
+    be attached fails this task only (with the real exception, see
+    ``_doom``); anything else that cannot be unpickled breaks the pool, as in
+    the standard executor."""
     try:
         return pickle.loads(payload)
     except _HandleLost as lost:
-        return _Lost(lost.args[0])
+        call = _calls.get(key)
+        if call is None:        # gone with its pool: nobody waits for it
+            return None
+        _doom(call, lost.args[0])
+        return None
 
 
 # ---------------------------------------------------------------- parent: copies
@@ -866,7 +865,7 @@ class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
     __slots__ = ("fn", "args", "kwargs", "pool", "batch", "leases", "done",
-                 "sent", "lock", "error", "__weakref__")
+                 "sent", "lock", "key", "future", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  pool: _Pool, batch: _Batch | None) -> None:
@@ -879,7 +878,9 @@ class _Call:
         self.done = False
         self.sent = False
         self.lock = threading.Lock()
-        self.error: Exception | None = None    # pickling failed
+        self.key = next(_keys)
+        self.future: Future | None = None       # set by submit()
+        _calls[self.key] = self
 
     def __reduce__(self) -> tuple:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -888,13 +889,13 @@ class _Call:
             # executor's own pickler writes it, without a nested stream.
             with self.lock:
                 self._mark_sent()
-            return _run, (fn, args, kwargs)
+            return _run, (fn, args, kwargs, self.key)
         buf = io.BytesIO()
         with self.lock:
             try:
                 _ArgPickler(buf, self.pool, self).dump((fn, args, kwargs))
             except Exception as exc:
-                # The task fails with this error on its future (_settle), as
+                # The task fails with this error on its future (_doom), as
                 # in the standard executor, but the executor's queue sees a
                 # task that pickles: its own error path can deadlock against
                 # a concurrent shutdown (CPython 3.13.0's feeder thread waits
@@ -902,7 +903,7 @@ class _Call:
                 # the feeder).  The worker runs a no-op in its place.
                 self._release()
                 self._mark_sent()
-                self.error = exc
+                _doom(self, exc)
                 return _run, (_unsent, (), {})
             except BaseException:
                 self._release()
@@ -911,7 +912,7 @@ class _Call:
             if self.done:              # finished (pool broke) while we pickled
                 self._release()
             self._mark_sent()
-        return _run_pickled, (buf.getvalue(),)
+        return _run_pickled, (buf.getvalue(), self.key)
 
     def _release(self) -> None:
         leases, self.leases = self.leases, []
@@ -923,54 +924,51 @@ class _Call:
             self.sent = True
             self.pool.leases.sent(self.batch)
 
-    def finished(self) -> None:
-        """The task is done: it no longer needs its copies."""
+    def finished(self, future: Future | None = None) -> None:
+        """The task is done (its future's done callback): it no longer needs
+        its copies."""
         with self.lock:
             self.done = True
-            self.fn = self.args = self.kwargs = None
+            # No cycle (future -> its callbacks -> this -> future) may keep a
+            # result alive after the caller drops the future.
+            self.fn = self.args = self.kwargs = self.future = None
             self._release()
             self._mark_sent()
+        _calls.pop(self.key, None)
         self.pool.leases.task_done()
 
 
-class _Future(Future):
-    """The future ``submit`` returns: settled from the executor's own, so
-    that a result which cannot be brought back fails this task only."""
-
-    def __init__(self, inner: Future) -> None:
-        super().__init__()
-        self._sa_inner = inner
-
-    def cancel(self) -> bool:
-        """As ``Future.cancel``: succeeds while the task has not started."""
-        return self._sa_inner.cancel() and super().cancel()
-
-    def running(self) -> bool:
-        """As ``Future.running``."""
-        return not self.done() and self._sa_inner.running()
+# key -> the pending task, from before it is submitted until it is done.
+_calls: dict[int, _Call] = {}
+_keys = itertools.count(1)
 
 
-def _settle(outer_ref: weakref.ref, call: _Call, inner: Future) -> None:
-    """Done callback of the executor's own future."""
-    call.finished()
-    outer = outer_ref()
-    if outer is None:
-        return
-    if inner.cancelled():
-        # As the executor does with its own: cancelled, then notified, which
-        # is what wait() and as_completed() look for.
-        Future.cancel(outer)
-        outer.set_running_or_notify_cancel()
-        return
-    exc = call.error or inner.exception()
-    if exc is not None:
-        outer.set_exception(exc)
-        return
-    result = inner.result()
-    if type(result) is _Lost:
-        outer.set_exception(result.exc)
-    else:
-        outer.set_result(result)
+class _DoomedFuture(Future):
+    """What a task's future becomes when its outcome is an error of ours
+    (its arguments could not be pickled, or its result's shared arrays not
+    attached): the executor settles it with the result it received, and
+    this turns that into the error, before anybody can see the result."""
+
+    _sa_error: BaseException
+
+    def set_result(self, result: Any) -> None:
+        """Settle with the error this task met instead."""
+        self.set_exception(self._sa_error)
+
+
+def _doom(call: _Call, error: BaseException) -> None:
+    """Make ``call``'s future fail with ``error`` when the executor settles it
+    (in the feeder or result thread, before it does so).  The future is
+    the standard one, which submit() returns as is (no second future per
+    task); only a doomed one changes its class, a subclass adding nothing
+    but this.  submit() sets ``call.future`` a moment after the executor
+    accepts the task: wait for that."""
+    while (future := call.future) is None:
+        if call.done:               # settled already (the pool broke)
+            return
+        time.sleep(0.0005)
+    future._sa_error = error                         # type: ignore[attr-defined]
+    future.__class__ = _DoomedFuture
 
 
 # ---------------------------------------------------------------- the executor
@@ -1037,13 +1035,13 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         call = _Call(fn, args, kwargs, pool, batch)
         pool.leases.submitted(batch)
         try:
-            inner = super().submit(call)
+            future = super().submit(call)
         except BaseException:
             call.finished()
             raise
-        outer = _Future(inner)
-        inner.add_done_callback(functools.partial(_settle, weakref.ref(outer), call))
-        return outer
+        call.future = future
+        future.add_done_callback(call.finished)
+        return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__ or submit.__doc__
 
