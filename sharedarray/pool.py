@@ -241,7 +241,7 @@ class _Task:
         del fn, args, kwargs
         t = type(value)
         if t in _ATOMIC or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
-                            and all(type(v) in _ATOMIC for v in value)):
+                            and _atomic(value)):
             return value      # no array inside: the standard path is fastest
         return _Result(value, self.key)
 
@@ -843,7 +843,25 @@ def _plain_function(fn: Any) -> bool:
 
 
 def _atomic(values: Any) -> bool:
-    return all(type(v) in _ATOMIC for v in values)
+    # A plain loop: about five times faster than all() over a generator,
+    # which matters for map()'s chunks (checked item by item, per task).
+    atomic = _ATOMIC
+    for v in values:
+        if type(v) not in atomic:
+            return False
+    return True
+
+
+def _atomic_rows(rows: tuple) -> bool:
+    """Whether ``rows`` is a chunk of map(): tuples of atomic values."""
+    atomic = _ATOMIC
+    for row in rows:
+        if type(row) is not tuple:
+            return False
+        for v in row:
+            if type(v) not in atomic:
+                return False
+    return True
 
 
 def _plain_task(fn: Any, args: tuple, kwargs: dict) -> bool:
@@ -856,8 +874,7 @@ def _plain_task(fn: Any, args: tuple, kwargs: dict) -> bool:
     if (type(fn) is functools.partial and fn.func is _process_chunk
             and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
             and len(args) == 1 and type(args[0]) is tuple):
-        return (_plain_function(fn.args[0])
-                and all(type(a) is tuple and _atomic(a) for a in args[0]))
+        return _plain_function(fn.args[0]) and _atomic_rows(args[0])
     return _plain_function(fn) and _atomic(args)
 
 
