@@ -1022,6 +1022,25 @@ map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st,
     return addr;
 }
 
+/* What attach() and attach_fd() return for a mapped segment: (segment,
+ * header text, data offset, .npy version), the header checked from the
+ * `got` bytes read into `head` (or the mapping). */
+static PyObject *
+attach_result(Segment *seg, const unsigned char *head, Py_ssize_t got,
+              PyObject *name)
+{
+    Py_ssize_t data_offset = 0;
+    int version = 0;
+    PyObject *result, *header = parse_header(head, got, seg->addr, seg->size,
+                                             name, &data_offset, &version);
+    if (header == NULL) {
+        return NULL;
+    }
+    result = Py_BuildValue("(OOni)", seg, header, data_offset, version);
+    Py_DECREF(header);
+    return result;
+}
+
 /* attach_fd(name, fd, readonly, lock=False): map the object behind an open
  * fd (one passed by another process; its name may be gone).  The fd stays
  * open.  With `lock`, the segment keeps a duplicate of it holding a shared
@@ -1030,9 +1049,9 @@ map_fd(int fd, int readonly, Py_ssize_t *size, struct stat *st,
 static PyObject *
 ext_attach_fd(PyObject *module, PyObject *args)
 {
-    PyObject *name, *header = NULL, *result = NULL;
-    int fd, readonly, lock = 0, err = 0, version = 0, lockfd = -1;
-    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    PyObject *name, *result = NULL;
+    int fd, readonly, lock = 0, err = 0, lockfd = -1;
+    Py_ssize_t size = 0, got = 0;
     unsigned char head[HEAD_BYTES];
     struct stat st;
     void *addr = MAP_FAILED;
@@ -1062,14 +1081,9 @@ ext_attach_fd(PyObject *module, PyObject *args)
     seg->addr = addr;
     seg->size = size;
     set_identity(seg, &st);
-    header = parse_header(head, got, addr, size, name, &data_offset, &version);
-    if (header == NULL) {
-        goto cleanup;
-    }
-    result = Py_BuildValue("(OOni)", seg, header, data_offset, version);
+    result = attach_result(seg, head, got, name);
 
 cleanup:
-    Py_XDECREF(header);
     Py_DECREF(seg);
     return result;
 }
@@ -1158,14 +1172,14 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     module_state *state = get_state(module);
     PyObject *name;
     const char *path;
-    int kind, readonly, populate, lock, err = 0, version = 0, fd = -1;
+    int kind, readonly, populate, lock, err = 0, fd = -1;
     int cacheable;
-    Py_ssize_t size = 0, data_offset = 0, got = 0;
+    Py_ssize_t size = 0, got = 0;
     unsigned char head[HEAD_BYTES];
     void *addr;
     struct stat st;
     Segment *seg = NULL;
-    PyObject *header = NULL, *result = NULL, *meta;
+    PyObject *result = NULL, *meta;
 
     if (attach_args(args, nargs, &name, &path, &kind, &readonly, &populate,
                     &lock) < 0) {
@@ -1217,14 +1231,9 @@ ext_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         raise_errno(err, name);
         goto cleanup;
     }
-    header = parse_header(head, got, addr, size, name, &data_offset, &version);
-    if (header == NULL) {
-        goto cleanup;
-    }
-    result = Py_BuildValue("(OOni)", seg, header, data_offset, version);
+    result = attach_result(seg, head, got, name);
 
 cleanup:
-    Py_XDECREF(header);
     Py_XDECREF(seg);
     return result;
 }
