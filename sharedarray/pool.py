@@ -25,10 +25,13 @@ Data flow::
 Rules, each enforced in one place:
 
 * Snapshot (``_Leases.lease``): a task sees each argument as of some moment
-  at or after its ``submit()``.  A copy made for an earlier task is used again
-  only by the tasks of the same ``map()`` call, or when its bytes compare
-  equal to the array's bytes now (a pending copy, or a released one kept for
-  the same array object, ``_Spares.reuse``).
+  at or after its ``submit()``.  Copies are made when tasks are sent, not
+  when they are submitted.  A copy serves, unchecked, the tasks of the same
+  ``map()`` call and every task submitted before the copy began reading the
+  array (one clock, ``_ticks``, orders submits and copies); any other task
+  uses it only when its bytes compare equal to the array's bytes now (a
+  pending copy, or a released one kept for the same array object,
+  ``_Spares.reuse``), and an equal compare then counts as a new copy.
 * Reuse (``_Spares.refill``): a released copy is rewritten for another array
   only while this process holds an exclusive flock on it, which the kernel
   grants only when no process maps it (every mapping of a copy holds a shared
@@ -554,13 +557,19 @@ os.register_at_fork(before=_stop_janitors, after_in_parent=_restart_janitors,
                     after_in_child=_forget_janitors)
 
 
+# One clock for submits and copies (next() is atomic under the GIL): a copy
+# that began reading an array after a task's submit() drew its tick shows
+# the array as it was at some moment at or after that submit().
+_ticks = itertools.count(1)
+
+
 class _Lease:
     """One shared copy of one plain array's contents, used by pending tasks."""
 
-    __slots__ = ("source", "seg", "array", "release", "count", "batch")
+    __slots__ = ("source", "seg", "array", "release", "count", "batch", "since")
 
     def __init__(self, source: np.ndarray, seg: Segment, release: weakref.finalize,
-                 batch: _Batch | None) -> None:
+                 batch: _Batch | None, since: int) -> None:
         m = seg.meta
         self.source = source      # keeps id(source) unique while leased
         self.seg = seg            # our own mapping: never in the attach cache
@@ -569,6 +578,9 @@ class _Lease:
         self.release = release    # unlinks the copy
         self.count = 1
         self.batch = batch        # tasks of this map() may use it unchecked
+        # The tick at which the copy last read (or compared equal to) every
+        # byte of the source: tasks submitted before it may use it unchecked.
+        self.since = since
 
 
 class _Batch:
@@ -608,8 +620,10 @@ class _Leases:
         self.pending = 0                       # tasks submitted and not done
         self.closed = False                    # shut down: clean up when idle
 
-    def lease(self, arr: np.ndarray, batch: _Batch | None) -> _Lease | None:
-        """A copy of ``arr`` as it is now, for one task; None to pickle it."""
+    def lease(self, arr: np.ndarray, batch: _Batch | None,
+              submitted: int) -> _Lease | None:
+        """A copy of ``arr`` as it was at some moment after tick
+        ``submitted`` (its task's submit), for that task; None to pickle it."""
         with self.lock:
             lease = self.current.get(id(arr))
             if lease is not None and lease.source is arr:
@@ -617,15 +631,21 @@ class _Leases:
             else:
                 lease = None
         if lease is not None:
-            if (batch is not None and lease.batch is batch) or \
-                    _same_contents(arr, lease.array):
+            if (batch is not None and lease.batch is batch) or lease.since > submitted:
+                self._hold(lease, batch)
+                return lease
+            now = next(_ticks)
+            if _same_contents(arr, lease.array):
+                with self.lock:
+                    lease.since = max(lease.since, now)
                 self._hold(lease, batch)
                 return lease
             self.release([lease])
+        now = next(_ticks)              # before the first byte is read
         seg, release = self._copy(arr)
         if seg is None:
             return None
-        lease = _Lease(arr, seg, release, batch)
+        lease = _Lease(arr, seg, release, batch, now)
         with self.lock:
             self.current[id(arr)] = lease
         self._hold(lease, batch)
@@ -780,7 +800,7 @@ class _ArgPickler(pickle.Pickler):
 
     def share(self, obj: np.ndarray) -> Any:
         """Reduce a large plain array to a handle on its leased copy."""
-        lease = self.pool.leases.lease(obj, self.call.batch)
+        lease = self.pool.leases.lease(obj, self.call.batch, self.call.tick)
         if lease is None:
             return NotImplemented
         self.call.leases.append(lease)
@@ -882,7 +902,7 @@ class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
     __slots__ = ("fn", "args", "kwargs", "pool", "batch", "leases", "done",
-                 "sent", "lock", "key", "future", "__weakref__")
+                 "sent", "lock", "key", "tick", "future", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  pool: _Pool, batch: _Batch | None) -> None:
@@ -896,6 +916,9 @@ class _Call:
         self.sent = False
         self.lock = threading.Lock()
         self.key = next(_keys)
+        # Drawn in submit(), after the caller last wrote the arguments: a
+        # copy begun later shows them as they were then or later.
+        self.tick = next(_ticks)
         self.future: Future | None = None       # set by submit()
         _calls[self.key] = self
 

@@ -897,6 +897,45 @@ def test_snapshot_compares_bytes_not_values(start_method, tmp_path, change):
         del got
 
 
+def test_a_copy_begun_after_a_submit_serves_that_task_unchecked(monkeypatch):
+    """The snapshot clock: a copy (or a compare) that began after a task's
+    submit() shows the array as it was then or later, so that task takes it
+    without comparing; a task submitted after the copy began compares, and
+    sees a change made in between."""
+    pool = sa_pool._Pool(THRESHOLD)
+    leases = pool.leases
+    compared: list[bool] = []
+    real = sa_pool._same_contents
+
+    def counted(a: np.ndarray, b: np.ndarray) -> bool:
+        compared.append(same := real(a, b))
+        return same
+    monkeypatch.setattr(sa_pool, "_same_contents", counted)
+    arr = _big(1.0)
+    held = []
+    try:
+        first, second = next(sa_pool._ticks), next(sa_pool._ticks)   # two submits
+        held.append(copy := leases.lease(arr, None, first))          # copied now
+        assert copy is not None and compared == []
+        held.append(leases.lease(arr, None, second))
+        assert held[-1] is copy and compared == []      # begun after: unchecked
+        third = next(sa_pool._ticks)                     # submitted after the copy
+        fourth = next(sa_pool._ticks)
+        held.append(leases.lease(arr, None, third))
+        assert held[-1] is copy and compared == [True]  # compared, equal
+        held.append(leases.lease(arr, None, fourth))    # the compare began after
+        assert held[-1] is copy and compared == [True]
+        arr[7] = -1.0                                    # changed, then submitted
+        fifth = next(sa_pool._ticks)
+        held.append(changed := leases.lease(arr, None, fifth))
+        assert changed is not copy and compared == [True, False]
+        assert changed is not None and changed.array[7] == -1.0 and copy.array[7] != -1.0
+    finally:
+        leases.release([h for h in held if h is not None])
+        pool.close()
+    assert not leases.current and not pool.spares.names()
+
+
 # ---------------------------------------------------------------- initializer, breakage, recycling
 
 def test_initializer_runs_in_each_worker(start_method):
