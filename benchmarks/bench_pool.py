@@ -723,10 +723,10 @@ def _report(res: dict, sizes: list[int], ret_sizes: list[int], n_tiny: int, quic
         t.add(ROWS[row][1], *[_cell(_st(res, ("b-reuse", row, s))) for s in sizes])
     t.add("ours: copies into shared memory per batch",
           *[_copies(res, ("copies", "ours", s, False)) for s in sizes])
-    t.notes += ["Steady state: one untimed batch first. Our executor shares a copy only while "
-                "tasks that use it are pending, so a reused object is copied again for every "
-                "batch (the array may have changed meanwhile), into the segment the last "
-                "batch released. "
+    t.notes += ["Steady state: one untimed batch first. The array may have changed since "
+                "the last batch, so ours compares it with the copy that batch left behind "
+                "(kept a few seconds for this) and uses that copy as it is when the bytes "
+                "are the same; the copies row counts rewrites. "
                 "joblib's reused context keeps its dump for the life of the context. "
                 "By-value peers (stdlib, loky) run only at 1 MiB here: they copy every call "
                 "anyway, so their (b) row is their cost."]
