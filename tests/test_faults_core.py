@@ -376,7 +376,7 @@ def test_two_creators_race(shm_name):
 
 
 ATTACH_RACE = r'''
-import json, os, sys
+import json, os, select, sys
 import numpy as np
 import sharedarray as sa
 
@@ -401,6 +401,7 @@ def which(a):
 done_r, done_w = os.pipe()            # closed by the creator when it is finished
 os.set_blocking(done_r, False)
 res_r, res_w = os.pipe()
+seen_r, seen_w = os.pipe()            # an attacher's first whole array
 
 
 def finished():
@@ -436,6 +437,8 @@ for c in range(attachers):
                         or type(a) is not sa.ndarray):
                     bad.append(f"wrong or partial array {a.dtype} {a.shape}")
                 else:
+                    if ok == 0:
+                        os.write(seen_w, b"!")
                     ok += 1
                 del a
             os.write(res_w, (json.dumps({"ok": ok, "missing": missing,
@@ -453,6 +456,12 @@ if creator == 0:
         for i in range(iterations):
             sa.from_array(name, PATTERNS[i % len(PATTERNS)])
             sa.delete(name)
+        # However the race went, the array stays published once until an
+        # attacher has seen it whole: a loaded machine cannot make the
+        # test vacuous (no attach succeeding at all).
+        sa.from_array(name, PATTERNS[0])
+        select.select([seen_r], [], [], 300)
+        sa.delete(name)
         status = 0
     finally:
         os.close(done_w)
