@@ -66,9 +66,10 @@ Rules, each enforced in one place:
 Lock order: ``_Call.lock`` -> ``_Leases.lock`` -> ``_Spares.lock``; the
 function cache's lock and ``_ResultSpares.lock`` are taken alone (the latter
 also by finalizers, which may run inside its own sections: a thread that
-holds it never waits for it again).  No lock is held while a worker is started (the standard executor forks
-from ``submit``), and none across a long copy except ``_Call.lock``, which
-only the feeder thread and the task's done callback take.
+holds it never waits for it again).  No lock is held while a worker is
+started (the standard executor forks from ``submit``), and none across a
+long copy except ``_Call.lock``, which only the feeder thread and the task's
+done callback take.
 """
 
 from __future__ import annotations
