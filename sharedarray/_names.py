@@ -27,9 +27,11 @@ FILE_SCHEME = "file://"
 SHM_SCHEME = "shm://"
 
 # ``sa-<pid>-<hex>``: share()'s names; the executor's input copies end in
-# REFILLABLE_SUFFIX, its results are ``sa-<pid>-<pool hex>x<hex>``.
-GENERATED_RE = re.compile(r"sa-(\d+)-[0-9a-f]+(?:x[0-9a-f]+|-r)?\Z")
+# REFILLABLE_SUFFIX, its results are ``sa-<pid>-<pool hex>x<hex>-r`` and the
+# results it keeps for reuse ``sa-<pid>-<pool hex>xs<size hex><slot>-r``.
+GENERATED_RE = re.compile(r"sa-(\d+)-[0-9a-f]+(?:xs?[0-9a-f]+)?(?:-r)?\Z")
 REFILLABLE_SUFFIX = "-r"       # temporaries that may be rewritten in place
+RESULT_TAIL = 7 + len(REFILLABLE_SUFFIX)   # what result_name() adds to the prefix
 # ``.sa-tmp-<pid of the creating process>-<token of the header>``
 STAGING_RE = re.compile(r"\.sa-tmp-(\d+)-([0-9a-f]{16})\Z")
 
@@ -152,9 +154,10 @@ def generated_prefix(pid: int) -> str:
 def generate(pid: int | None = None, refillable: bool = False) -> str:
     """A fresh name for a temporary: prefix, owner pid, random token.
 
-    ``refillable`` names mark the executor's input copies, the only
-    segments ever rewritten in place (``core.lock_exclusive``): every
-    process that maps one holds a shared flock on it while it does.
+    ``refillable`` names mark the executor's input copies and results, the
+    only segments ever rewritten in place (``core.lock_exclusive``): every
+    process that maps one holds a shared flock on it while it does (the
+    parent's own mapping of a result excepted: see ``pool``).
     """
     name = (generated_prefix(os.getpid() if pid is None else pid)
             + f"{random.getrandbits(48):012x}")
@@ -172,6 +175,25 @@ def is_refillable(p: Path) -> bool:
 def pool_prefix(pid: int, tag: int) -> str:
     """The start of the result names of one executor."""
     return f"{generated_prefix(pid)}{tag:04x}x"
+
+
+def result_name(prefix: str) -> str:
+    """A fresh (refillable) name for a result of the executor ``prefix``."""
+    return f"{prefix}{random.getrandbits(28):07x}{REFILLABLE_SUFFIX}"
+
+
+def result_prefix(name: str) -> str:
+    """The executor prefix of a :func:`result_name`."""
+    return name[:-RESULT_TAIL]
+
+
+def spare_name(prefix: str, size: int, slot: int) -> str | None:
+    """The name of a released result of ``size`` bytes kept for reuse by the
+    executor ``prefix``, in ``slot`` (a digit); None when it would be too
+    long (objects of 1 TiB and more with a 7-digit pid).  A worker finds
+    the spares of its result's size by these names."""
+    name = f"{prefix}s{size:x}{slot}{REFILLABLE_SUFFIX}"
+    return name if len(name) <= MAX_GENERATED_NAME else None
 
 
 def staging_path(dir: str, token: str, pid: int | None = None) -> str:

@@ -380,6 +380,16 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     return seg
 
 
+def temporary_header(dt: np.dtype, shape: tuple, fortran: bool, pid: int,
+                     name: str) -> tuple[bytes, str]:
+    """The header of a temporary owned by ``pid`` holding ``dt``/``shape``
+    in that order, with a new token, and the token (``ValueError`` for a
+    header over the limit)."""
+    token = f"{random.getrandbits(64):016x}"
+    return _header.encode_new(_header.header_dict(dt, shape, fortran), token, pid,
+                              True, _header.aligned_flags(dt), name), token
+
+
 def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bool:
     """Make the temporary ``seg`` hold a copy of ``array`` instead, in place.
 
@@ -394,11 +404,8 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
     fortran, dt, shape = storage_order(src) == "F", src.dtype, src.shape
     if seg.readonly or seg.meta is None or dt.hasobject:
         return False
-    token = f"{random.getrandbits(64):016x}"
     try:
-        header = _header.encode_new(_header.header_dict(dt, shape, fortran),
-                                    token, seg.meta.pid, True,
-                                    _header.aligned_flags(dt), seg.name)
+        header, token = temporary_header(dt, shape, fortran, seg.meta.pid, seg.name)
     except ValueError:
         return False
     if len(header) + src.nbytes != seg.size:
@@ -418,13 +425,19 @@ def refill_segment(seg: Segment, array: np.ndarray, populate: bool = True) -> bo
     return True
 
 
-def attach_segment(name: str, ro: bool = False) -> Segment:
-    """Map an existing segment and validate its header (behind :func:`attach`)."""
+def attach_segment(name: str, ro: bool = False, lock: bool | None = None) -> Segment:
+    """Map an existing segment and validate its header (behind :func:`attach`).
+
+    A refillable temporary's mapping holds a shared flock (see
+    :func:`lock_exclusive`); ``lock=False`` maps one without it, for a
+    process that rewrites it only by handing it on once it no longer maps
+    it (the executor's parent and its results).
+    """
     p = _names.parse(name)
     refillable = p.refillable
     try:
         seg, text, offset, version = _ext.attach(p.canon, p.path, p.kind, ro, False,
-                                                 refillable)
+                                                 refillable if lock is None else lock)
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EISDIR) and os.path.isdir(p.fspath):
             # shm_open reports a directory as EINVAL

@@ -16,11 +16,16 @@ Data flow::
                                                 pickle the result (_Result):
                                                   plain array >= threshold, or an
                                                   array this worker owns
-                                                  -> new segment R owned by the
-                                                     parent (tracker-registered)
+                                                  -> written into a released
+                                                     result S of its size, taken
+                                                     by renaming it R (_into_spare)
+                                                     or a new segment R; R owned by
+                                                     the parent (tracker-registered)
       result thread unpickles; the parent owns R
     the future settles (a result whose shared arrays cannot be attached
     fails that task only: _doom)
+    the parent drops R: once it no longer maps it, R is renamed to a spare
+    name S (_ResultSpares), kept a few seconds for the next result
 
 Rules, each enforced in one place:
 
@@ -32,25 +37,39 @@ Rules, each enforced in one place:
   uses it only when its bytes compare equal to the array's bytes now (a
   pending copy, or a released one kept for the same array object,
   ``_Spares.reuse``), and an equal compare then counts as a new copy.
-* Reuse (``_Spares.refill``): a released copy is rewritten for another array
-  only while this process holds an exclusive flock on it, which the kernel
-  grants only when no process maps it (every mapping of a copy holds a shared
-  flock, taken before its header is read); nothing in this process refers to
-  it, because the parent never maps copies where user code can reach them.
-  The new header (new token) is written before any data byte, so every older
-  handle is stale.
+* Reuse (``_Spares.refill``, ``_write_claimed``): a segment is rewritten
+  only while the process rewriting it holds an exclusive flock on it, which
+  the kernel grants only when no process maps it: every mapping of a
+  refillable segment (input copies, results) holds a shared flock, taken
+  before its header is read, except the parent's own mappings, which are
+  never rewritten while they exist: the parent never maps input copies
+  where user code can reach them, and a result becomes a spare only after
+  the parent's mapping of it is gone (``Segment.after_unmap``).  The new
+  header (new token) is written before any data byte, so every older
+  handle is stale.  A segment some process still maps is unlinked instead.
+* Claims (``_into_spare``): a worker takes a released result only by
+  renaming its spare name to the new result's name (``renameat2`` without
+  replace): of all processes renaming one name, exactly one succeeds, and
+  after that nobody finds the object under a spare name.  Only the parent
+  makes spare names, from results it dropped, and only names of a live
+  executor (``_ResultSpares.retire``).
 * Results (``_ResultPickler``): arrays a worker owns (its ``share()``) never
   travel as a handle to a name that dies with the worker's array: they are
   copied into a segment the parent owns.  Other shared arrays travel as
   handles.
 * Cleanup: copies are unlinked when no task needs them (or kept as spares for
-  a few seconds), results when the parent drops them; everything at
-  ``shutdown()``; the resource tracker (shared by parent and workers) when the
-  parent is killed, and workers end themselves then (a native watchdog
-  thread, ``_ext.watch_parent``).
+  a few seconds), results when the parent drops them (or kept as spares for
+  a few seconds); everything at ``shutdown()``; the resource tracker (shared
+  by parent and workers) when the parent is killed, and workers end
+  themselves then (a native watchdog thread, ``_ext.watch_parent``).  The
+  tracker knows every name from before it exists until after it is gone:
+  a new name is registered before its create or rename, an old one
+  unregistered after; spare names only by the parent (``_ResultSpares``).
 
 Lock order: ``_Call.lock`` -> ``_Leases.lock`` -> ``_Spares.lock``; the
-function cache's lock is taken alone.  No lock is held while a worker is
+function cache's lock and ``_ResultSpares.lock`` are taken alone (the latter
+also by finalizers, which may run inside its own sections: a thread that
+holds it never waits for it again).  No lock is held while a worker is
 started (the standard executor forks from ``submit``), and none across a
 long copy except ``_Call.lock``, which only the feeder thread and the task's
 done callback take.
@@ -82,12 +101,23 @@ import cloudpickle
 import numpy as np
 
 from . import _ext, _names
-from ._names import SHM_DIR, discard
-from .core import Segment, lock_exclusive, ndarray, refill_segment, segment_of, view, wrap
+from ._names import REFILLABLE_SUFFIX, SHM_DIR, TRACKER_TYPE, discard, fs_path, shm_path
+from .core import (
+    Segment,
+    lock_exclusive,
+    ndarray,
+    refill_segment,
+    segment_contents,
+    segment_of,
+    temporary_header,
+    view,
+    wrap,
+)
 from .reduction import (
     _cache,
     attach_owned,
     handle_of,
+    handle_written,
     own,
     owned_here,
     rebuild_ndarray,
@@ -97,7 +127,7 @@ from .reduction import (
 
 __all__ = ["ProcessPoolExecutor"]
 
-_SPARES = 4           # released input copies kept for reuse, at most ...
+_SPARES = 4           # released input copies (and results) kept for reuse, at most ...
 _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
 _FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
@@ -289,7 +319,7 @@ class _ResultPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.dispatch_table = _dispatch_table()
-        self.created: list[Segment] = []
+        self.created: list[str] = []  # names of the results written
         self.full = False             # no room in shared memory: data by value
 
     def reducer_override(self, obj: Any) -> Any:
@@ -310,17 +340,156 @@ class _ResultPickler(pickle.Pickler):
         return NotImplemented
 
     def move(self, obj: np.ndarray) -> Any:
-        name = f"{_config.prefix}{random.getrandbits(28):07x}"
-        try:
-            seg = share_segment(obj, owner=_config.owner, name=name)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            _warn_fallback(obj, exc)
-            self.full = True
-            return np.asarray, (obj.view(np.ndarray),)
-        self.created.append(seg)
+        name = _names.result_name(_config.prefix)
+        handle = _into_spare(obj, name, self.created)
+        if handle is not None:
+            return _adopt_in_parent, handle
+        for attempt in (0, 1):
+            name = _names.result_name(_config.prefix)
+            try:
+                seg = share_segment(obj, owner=_config.owner, name=name)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if attempt == 0 and _drop_spares():
+                    continue          # released results were in the way
+                _warn_fallback(obj, exc)
+                self.full = True
+                return np.asarray, (obj.view(np.ndarray),)
+            break
+        self.created.append(name)
         return _adopt_in_parent, handle_of(wrap(seg), remember=False)
+
+
+def _contiguous_strides(shape: tuple, itemsize: int, fortran: bool) -> tuple:
+    """The strides numpy gives a contiguous array (no dimension is 0)."""
+    strides = [0] * len(shape)
+    step = itemsize
+    for i in (range(len(shape)) if fortran else reversed(range(len(shape)))):
+        strides[i] = step
+        step *= shape[i]
+    return tuple(strides)
+
+
+def _write_all(fd: int, data: Any, offset: int) -> None:
+    """pwrite all of ``data`` at ``offset`` (a call writes up to ~2 GiB)."""
+    buf = memoryview(data)
+    done = 0
+    while done < len(buf):
+        done += os.pwrite(fd, buf[done:], offset + done)
+
+
+def _write_claimed(name: str, size: int, header: bytes, data: Any) -> bool:
+    """Worker: rewrite the released result this worker just renamed to
+    ``name`` with ``header`` and ``data``, through a descriptor (no mapping
+    here), only under an exclusive flock, which the kernel refuses while
+    any process maps it; False, nothing written, if refused (or if its size
+    is not ``size``).  The header, with its new token, goes first: from
+    then on, every older handle to the object is stale."""
+    fd = lock_exclusive(name)
+    if fd is None:
+        return False
+    try:
+        if os.fstat(fd).st_size != size:
+            return False
+        _write_all(fd, header, 0)
+        _write_all(fd, data, len(header))
+    finally:
+        os.close(fd)
+    return True
+
+
+_no_renameat2 = False      # no renameat2(RENAME_NOREPLACE) here: no spares
+
+
+def _no_renames() -> None:
+    global _no_renameat2
+    _no_renameat2 = True
+
+
+def _into_spare(obj: np.ndarray, name: str, created: list[str]) -> tuple | None:
+    """Worker: write ``obj`` into a result of its size that the parent
+    released (``_ResultSpares``), taken by renaming it to ``name``; its
+    handle, or None when there is none to take.
+
+    The rename (no replace) is the claim: of all the processes renaming one
+    spare, exactly one succeeds, and after it nobody finds the object by a
+    spare name.  ``name`` is registered with the resource tracker before it
+    can exist; the spare's name stays registered by the parent, which
+    forgets it when it sees it gone.  Writing costs a copy into pages the
+    object has, where a new segment also pays for the kernel allocating
+    every page."""
+    if _no_renameat2:
+        return None
+    src, order, data = segment_contents(obj)
+    if data is None:
+        return None
+    try:
+        header, token = temporary_header(src.dtype, src.shape, order == "F",
+                                         _config.owner, name)
+    except ValueError:
+        return None
+    size = len(header) + src.nbytes
+    tracker = _names.tracker()
+    path, target = shm_path(name), fs_path(name)
+    registered = False
+    try:
+        for slot in range(_SPARES):
+            spare = _names.spare_name(_config.prefix, size, slot)
+            if spare is None:
+                return None
+            if not os.path.exists(fs_path(spare)):
+                continue
+            if not registered:
+                tracker.register(path, TRACKER_TYPE)
+                registered = True
+            try:
+                _ext.rename_noreplace(fs_path(spare), target)
+            except FileNotFoundError:
+                continue              # taken by another worker, or expired
+            except FileExistsError:
+                registered = False    # somebody's name (and registration)
+                return None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+                    raise
+                _no_renames()
+                return None
+            registered = False        # it exists now: a temporary of ours
+            created.append(name)
+            if _write_claimed(name, size, header, data):
+                return handle_written(name, token, len(header), src.shape,
+                                      _contiguous_strides(src.shape, src.dtype.itemsize,
+                                                          order == "F"),
+                                      src.dtype)
+            # Some process still maps it: it keeps its memory, nobody else
+            # gets it.
+            created.remove(name)
+            discard(name)
+            return None
+        return None
+    finally:
+        if registered:
+            tracker.unregister(path, TRACKER_TYPE)
+
+
+def _drop_spares() -> bool:
+    """Worker, shared memory full: unlink the results the parent keeps for
+    reuse (it forgets them when it next looks), to make room."""
+    start = _config.prefix + "s"
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return False
+    dropped = False
+    for n in names:
+        if n.startswith(start) and n.endswith(REFILLABLE_SUFFIX):
+            try:
+                _ext.unlink(n, shm_path(n), _ext.KIND_SHM)
+                dropped = True
+            except OSError:
+                pass
+    return dropped
 
 
 class _Result:
@@ -338,8 +507,8 @@ class _Result:
         try:
             p.dump(self.value)
         except BaseException:
-            for seg in p.created:
-                discard(seg.name)
+            for name in p.created:
+                discard(name)
             raise
         return _load_result, (buf.getvalue(), self.key)
 
@@ -356,8 +525,10 @@ def _rebuild_in_parent(*handle: Any) -> ndarray:
 
 
 def _adopt_in_parent(*handle: Any) -> ndarray:
+    # A result of a live executor goes back to it when dropped (_ResultSpares).
+    spares = _result_spares.get(_names.result_prefix(handle[0]))
     try:
-        return attach_owned(*handle)
+        return attach_owned(*handle, retire=None if spares is None else spares.retire)
     except Exception as exc:
         raise _HandleLost(exc) from exc
 
@@ -533,7 +704,239 @@ class _Spares:
                 self._arm(min(s.expires for s in self.spares) - time.monotonic())
 
 
-_all_spares: weakref.WeakSet[_Spares] = weakref.WeakSet()
+class _Kept(NamedTuple):
+    """A result the parent released, kept under a spare name."""
+
+    name: str
+    size: int
+    expires: float
+
+
+class _ResultSpares:
+    """Results the parent dropped, kept a few seconds under spare names
+    (``_names.spare_name``: the size, a slot) for a worker to write its next
+    result of that size into (``_into_spare``): a copy into pages the
+    object has, where a new segment also costs the kernel's allocation of
+    every page.
+
+    A result is kept only once this process no longer maps it
+    (``own(release=...)``), only while the executor is open, within a count,
+    a byte budget and a lifetime; a timer thread expires them (stopped
+    around forks, as ``_Spares``' is).  Workers take spares without telling
+    this process: it sees a spare name gone and forgets it.  Only this
+    process makes spare names and only it unregisters them from the
+    resource tracker (registered before the rename that makes one,
+    unregistered once it sees the name gone, whoever removed it), so no
+    registration of a name ever crosses an older one of the same name.
+
+    The lock is also taken by finalizers (``retire``), which may run inside
+    any of this object's own sections (a garbage collection there): a
+    section entered again by the thread that holds it does nothing (a
+    result is then unlinked, a close done when the outer section ends).
+    """
+
+    def __init__(self, prefix: str, count: int, budget: int, ttl: float) -> None:
+        self.prefix = prefix
+        self.count = count
+        self.budget = budget
+        self.ttl = ttl
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.holder = 0               # the thread in a section
+        self.kept: list[_Kept] = []
+        self.closed = False
+        self.janitor: threading.Timer | None = None
+        _all_spares.add(self)
+
+    # -- sections
+    def _enter(self) -> bool:
+        me = threading.get_ident()
+        if self.holder == me:
+            return False
+        self.lock.acquire()
+        self.holder = me
+        return True
+
+    def _leave(self) -> None:
+        try:
+            if self.closed:           # perhaps closed from inside this section
+                self._unlink_all()
+                if self.janitor is not None:
+                    self.janitor.cancel()
+                    self.janitor = None
+        finally:
+            self.holder = 0
+            self.lock.release()
+
+    # -- the tracker and the names (in a section)
+    def _forget(self, name: str) -> None:
+        try:
+            _names.tracker().unregister(shm_path(name), TRACKER_TYPE)
+        except Exception:
+            pass
+
+    def _unlink(self, name: str) -> None:
+        try:
+            _ext.unlink(name, shm_path(name), _ext.KIND_SHM)
+        except OSError:
+            pass                      # taken by a worker (or by hand)
+        self._forget(name)
+
+    def _unlink_all(self) -> None:
+        kept, self.kept = self.kept, []
+        for k in kept:
+            self._unlink(k.name)
+
+    def _prune(self) -> None:
+        """Forget the spares workers took."""
+        live = []
+        for k in self.kept:
+            if os.path.exists(fs_path(k.name)):
+                live.append(k)
+            else:
+                self._forget(k.name)
+        self.kept = live
+
+    # -- the parent dropped a result
+    def retire(self, size: int, name: str, unregister: Any = None) -> None:
+        """Keep the result ``name`` of ``size`` bytes, which this process
+        no longer maps, as a spare; or unlink it."""
+        kept = False
+        if (os.getpid() == self.pid and size <= self.budget and not _no_renameat2
+                and self._enter()):
+            try:
+                kept = not self.closed and self._keep(name, size)
+            finally:
+                self._leave()
+        if not kept:
+            discard(name, unregister=unregister)
+
+    def _keep(self, name: str, size: int) -> bool:
+        self._prune()
+        used = sum(k.size for k in self.kept)
+        while self.kept and (len(self.kept) >= self.count or used + size > self.budget):
+            old = self.kept.pop(0)
+            used -= old.size
+            self._unlink(old.name)
+        if not self._arm(self.ttl):
+            return False
+        taken = {k.name for k in self.kept}
+        tracker = _names.tracker()
+        for slot in range(self.count):
+            spare = _names.spare_name(self.prefix, size, slot)
+            if spare is None:
+                return False
+            if spare in taken:
+                continue
+            tracker.register(shm_path(spare), TRACKER_TYPE)
+            try:
+                _ext.rename_noreplace(fs_path(name), fs_path(spare))
+            except FileExistsError:
+                # Not one of ours (we know all ours): leave it, and its
+                # registration, alone.
+                continue
+            except OSError as exc:
+                self._forget(spare)
+                if exc.errno in (errno.ENOSYS, errno.EINVAL):
+                    _no_renames()
+                return False
+            self._forget(name)
+            self.kept.append(_Kept(spare, size, time.monotonic() + self.ttl))
+            return True
+        return False
+
+    # -- expiry, room, shutdown
+    def _expire(self) -> None:
+        if not self._enter():
+            return
+        try:
+            self.janitor = None
+            self._prune()
+            now = time.monotonic()
+            for k in [k for k in self.kept if k.expires <= now]:
+                self.kept.remove(k)
+                self._unlink(k.name)
+            if self.kept:
+                self._arm(min(k.expires for k in self.kept) - now)
+        finally:
+            self._leave()
+
+    def _arm(self, delay: float) -> bool:
+        # A thread only while spares wait; none can start at interpreter exit.
+        if self.janitor is None:
+            janitor = threading.Timer(max(delay, 0.0), self._expire)
+            janitor.daemon = True
+            janitor.name = "sharedarray-result-spares"
+            try:
+                janitor.start()
+            except RuntimeError:
+                return False
+            self.janitor = janitor
+        return True
+
+    def empty(self) -> bool:
+        """Unlink every spare (shared memory is full); whether there was one."""
+        if not self._enter():
+            return False
+        try:
+            had = bool(self.kept)
+            self._unlink_all()
+            return had
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        """Unlink every spare and keep no more (the executor is shut down)."""
+        self.closed = True
+        if not self._enter():
+            return                    # the interrupted section finishes it
+        try:
+            janitor, self.janitor = self.janitor, None
+            self._unlink_all()
+        finally:
+            self._leave()
+        if janitor is not None:
+            janitor.cancel()
+            if janitor is not threading.current_thread():
+                janitor.join()        # gone when shutdown() returns
+
+    def names(self) -> list[str]:
+        """The spares kept now."""
+        if not self._enter():
+            return []
+        try:
+            self._prune()
+            return [k.name for k in self.kept]
+        finally:
+            self._leave()
+
+    def pause(self) -> None:
+        """Stop the timer thread (before a fork)."""
+        if not self._enter():
+            return
+        try:
+            janitor, self.janitor = self.janitor, None
+        finally:
+            self._leave()
+        if janitor is not None and janitor is not threading.current_thread():
+            janitor.cancel()
+            janitor.join()
+
+    def resume(self) -> None:
+        """Restart the timer thread if spares wait (after a fork, in the parent)."""
+        if not self._enter():
+            return
+        try:
+            if self.kept and self.janitor is None and not self.closed:
+                self._arm(min(k.expires for k in self.kept) - time.monotonic())
+        finally:
+            self._leave()
+
+
+# The executors' result spares, by result name prefix.
+_result_spares: weakref.WeakValueDictionary[str, _ResultSpares] = weakref.WeakValueDictionary()
+
+_all_spares: weakref.WeakSet[_Spares | _ResultSpares] = weakref.WeakSet()
 
 
 def _stop_janitors() -> None:
@@ -612,9 +1015,11 @@ def _same_contents(arr: np.ndarray, copy: np.ndarray) -> bool:
 class _Leases:
     """The parent's shared copies of plain arrays, and the tasks using them."""
 
-    def __init__(self, spares: _Spares, on_cleanup: Callable[[], None]) -> None:
+    def __init__(self, spares: _Spares, on_cleanup: Callable[[], None],
+                 on_full: Callable[[], bool]) -> None:
         self.spares = spares
         self.on_cleanup = on_cleanup
+        self.on_full = on_full                 # frees other kept segments
         self.lock = threading.Lock()
         self.current: dict[int, _Lease] = {}   # id(source) -> its newest copy
         self.pending = 0                       # tasks submitted and not done
@@ -670,7 +1075,7 @@ class _Leases:
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-                if attempt == 0 and self.spares.clear():
+                if attempt == 0 and (self.spares.clear() | self.on_full()):
                     continue          # the spares were in the way
                 _warn_fallback(arr, exc)
                 return None, None
@@ -759,7 +1164,9 @@ class _Pool:
         except OSError:
             budget = 0
         self.spares = _Spares(_SPARES, budget, _SPARE_TTL)
-        self.leases = _Leases(self.spares, self.sweep_results)
+        self.results = _ResultSpares(self.prefix, _SPARES, budget, _SPARE_TTL)
+        _result_spares[self.prefix] = self.results
+        self.leases = _Leases(self.spares, self.end_results, self.results.empty)
         self.functions = _FunctionCache(_FUNCTIONS)
 
     def config(self) -> _WorkerConfig:
@@ -767,6 +1174,13 @@ class _Pool:
 
     def close(self) -> None:
         self.leases.close()
+
+    def end_results(self) -> None:
+        """No task runs any more and none will: unlink released results and
+        those that never reached us; results dropped from now on are
+        unlinked."""
+        self.results.close()
+        self.sweep_results()
 
     def sweep_results(self) -> None:
         """Unlink results that never reached us (a worker died, the pool broke)."""
@@ -1038,11 +1452,14 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     Lifecycle: a copy that no pending task needs is kept up to 5 seconds to
     be refilled by the next array of its size, but only while no process maps
-    it; then it is unlinked.  Everything is unlinked at ``shutdown()`` and -
-    through the resource tracker - if this process is killed; workers exit by
-    themselves when this process dies.  When shared memory is full, kept
-    copies make room first; then arrays fall back to ordinary pickling with
-    one ``RuntimeWarning``.
+    it; then it is unlinked.  A result this process drops is kept the same
+    way (up to 5 seconds, while the executor is open) for a worker to write
+    its next result of that size into, but only if no process maps it then.
+    Everything is unlinked at ``shutdown()`` and - through the resource
+    tracker - if this process is killed; workers exit by themselves when this
+    process dies.  When shared memory is full, kept copies and results make
+    room first; then arrays fall back to ordinary pickling with one
+    ``RuntimeWarning``.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,

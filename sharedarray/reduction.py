@@ -295,18 +295,19 @@ def _check_place(name: str, boot: str | None, where: int | None) -> None:
 
 
 def _segment_for(name: str, token: str | None, boot: str | None,
-                 writeable: bool, where: int | None = None) -> Segment:
+                 writeable: bool, where: int | None = None,
+                 lock: bool | None = None) -> Segment:
     _check_place(name, boot, where)
     seg = _cached(name, token)
     if seg is not None and (seg.readonly is False or not writeable):
         return seg
     try:
         try:
-            seg = attach_segment(name, ro=not writeable)
+            seg = attach_segment(name, ro=not writeable, lock=lock)
         except PermissionError:
             if not writeable:
                 raise
-            seg = attach_segment(name, ro=True)
+            seg = attach_segment(name, ro=True, lock=lock)
     except FileNotFoundError:
         raise _gone(name) from None
     _check_token(seg, name, token)
@@ -394,16 +395,30 @@ def rebuild_ndarray(name: str, token: str | None, boot: str | None, offset: int,
 
 def attach_owned(name: str, token: str | None, boot: str | None, offset: int,
                  shape: tuple, strides: tuple | None, dtype: np.dtype | None,
-                 writeable: bool, where: int | None = None) -> ndarray:
+                 writeable: bool, where: int | None = None, *,
+                 retire: Any = None) -> ndarray:
     """Unpickle a handle whose segment is handed over to this process.
 
     The executor's workers send results this way: the worker registered the
     name with the shared resource tracker, and from now on this process owns
-    it (unlinks it when the last array on it dies).
+    it: it unlinks it when the last array on it dies, or, with ``retire``,
+    calls ``retire(size, name, unregister=...)`` once this process no
+    longer maps it (see :func:`own`).  This process's mapping holds no
+    flock: nothing rewrites the segment before that call.
     """
-    seg = _segment_for(name, token, boot, True, where)
-    own(seg, registered=True)
+    seg = _segment_for(name, token, boot, True, where, lock=False)
+    own(seg, registered=True,
+        release=None if retire is None else functools.partial(retire, seg.size))
     return _checked_view(seg, offset, shape, strides, dtype, writeable)
+
+
+def handle_written(name: str, token: str, offset: int, shape: tuple,
+                   strides: tuple, dtype: np.dtype) -> tuple:
+    """The handle of a whole array that this process wrote into the shm
+    temporary ``name`` (data at ``offset``, header token ``token``) through
+    a descriptor, without mapping it."""
+    return (name, token, BOOT_ID, offset, shape, strides,
+            _dtype_for_handle(dtype, dtype), True, SHM_DEV)
 
 
 # ---------------------------------------------------------------- in flight
@@ -564,13 +579,24 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
 
 
-def own(seg: Segment, registered: bool = False) -> weakref.finalize:
+class _Unmapped:
+    """A marker a segment holds until it is unmapped (``Segment.after_unmap``)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def own(seg: Segment, registered: bool = False,
+        release: Any = None) -> weakref.finalize:
     """Make this process the owner of ``seg``: unlink it when it dies here.
 
     ``registered`` says the tracker already knows the name (this process or
-    a worker registered it before creating it).  Returns the finalizer;
-    calling it releases the segment at once.  Owning a segment this process
-    already owns returns the existing finalizer.
+    a worker registered it before creating it).  ``release``, if given, is
+    called instead of unlinking, as ``release(name, unregister=...)``, once
+    this process has unmapped the segment and dropped any lock on it (not
+    merely once the segment object dies: its weak references die before
+    the unmap).  Returns the finalizer; calling it releases the segment at
+    once.  Owning a segment this process already owns returns the existing
+    finalizer.
     """
     pid = os.getpid()
     with _owned_lock:
@@ -580,7 +606,12 @@ def own(seg: Segment, registered: bool = False) -> weakref.finalize:
         tracker = _names.tracker()
         if not registered:
             tracker.register(_names.shm_path(seg.name), _names.TRACKER_TYPE)
-        fin = weakref.finalize(seg, _release, seg.name, pid, tracker.unregister)
+        watched: Any = seg
+        extra: tuple = ()
+        if release is not None:
+            watched = seg.after_unmap = _Unmapped()
+            extra = (release,)
+        fin = weakref.finalize(watched, _release, seg.name, pid, tracker.unregister, *extra)
         _owned[seg] = (fin, pid)
         return fin
 

@@ -1392,6 +1392,66 @@ def test_every_mapping_of_a_refillable_copy_holds_a_shared_lock() -> None:
         sa.delete(name)
 
 
+def test_after_unmap_is_released_once_the_mapping_and_its_lock_are_gone() -> None:
+    """``Segment.after_unmap`` dies after the segment's unmap and the release
+    of its shared lock: a finalizer on it may hand the object on (the
+    executor's released results), while finalizers on the segment itself run
+    while it is still mapped."""
+    import weakref
+
+    from sharedarray.core import attach_segment, lock_exclusive
+    name = _refillable_name()
+    sa.from_array(name, np.arange(10.0))
+    try:
+        seg = attach_segment(name)
+        assert seg.after_unmap is None
+        seen: dict = {}
+
+        def probe(key: str) -> None:
+            fd = lock_exclusive(name)
+            seen[key] = fd is not None
+            if fd is not None:
+                os.close(fd)
+
+        class Marker:
+            pass
+
+        marker = Marker()
+        seg.after_unmap = marker
+        assert seg.after_unmap is marker
+        weakref.finalize(seg, probe, "segment")
+        weakref.finalize(marker, probe, "after_unmap")
+        del marker
+        assert not seen                      # held by the segment
+        del seg
+        assert seen == {"segment": False, "after_unmap": True}
+        seg = attach_segment(name)
+        seg.after_unmap = 1
+        seg.after_unmap = None
+        assert seg.after_unmap is None
+    finally:
+        sa.delete(name)
+
+
+def test_rename_noreplace_never_replaces() -> None:
+    from sharedarray import _ext
+    a, b = (f"/dev/shm/{_refillable_name()}" for _ in range(2))
+    open(a, "w").close()
+    open(b, "w").close()
+    try:
+        with pytest.raises(FileExistsError):
+            _ext.rename_noreplace(a, b)
+        os.unlink(b)
+        _ext.rename_noreplace(a, b)
+        assert os.path.exists(b) and not os.path.exists(a)
+        with pytest.raises(FileNotFoundError):
+            _ext.rename_noreplace(a, b + "x")
+    finally:
+        for p in (a, b):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
 def test_attach_waits_for_a_refill_then_sees_the_new_identity() -> None:
     """An attach that starts while the copy is being rewritten (the exclusive
     lock is held) waits, then reads the header as it is after the refill."""

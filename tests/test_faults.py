@@ -146,14 +146,47 @@ if __name__ == "__main__":
 '''
 
 
-def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
-    """SIGKILL the parent while large inputs and results are in flight: within
-    10 s its workers, tracker and forkserver are gone, and its private /dev/shm
-    holds nothing: no segment, no semaphore."""
+RESULT_SPARES_SCRIPT = r'''
+import json, os, sys, time, multiprocessing as mp
+import numpy as np, psutil
+import sharedarray as sa
+
+
+def build(n, k):
+    time.sleep(0.002)
+    return np.full(n, k)        # a large result: comes back through shared memory
+
+
+if __name__ == "__main__":
+    ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+    n = 1 << 18                                                     # 2 MiB
+    held = [ex.submit(build, n, -1.0).result()]
+    futs = [ex.submit(build, n + (i % 3) * 512, float(i)) for i in range(5000)]
+    ready = False
+    for i, f in enumerate(futs):
+        r = f.result()
+        assert r[0] == r[-1] == float(i)
+        futs[i] = None
+        del r                   # released: kept as a spare or taken by a result
+        if not ready and i >= 10 and ex._sa_pool.results.names():
+            ready = True
+            kids = [p.pid for p in psutil.Process().children(recursive=True)]
+            print("READY " + json.dumps({"pid": os.getpid(), "kids": kids,
+                                         "spares": ex._sa_pool.results.names(),
+                                         "shm": sorted(os.listdir("/dev/shm"))}), flush=True)
+'''
+
+
+@pytest.mark.parametrize("what", ["inputs and results", "released results"])
+def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path, what):
+    """SIGKILL the parent while large inputs and results are in flight, or
+    while released results are kept for reuse and taken by workers: within
+    10 s its workers, tracker and forkserver are gone, and its private
+    /dev/shm holds nothing: no segment, no semaphore."""
     private_shm_prefix()                   # skips where not permitted
     pytest.importorskip("psutil")          # the script lists its children with it
     script = tmp_path / "parent.py"
-    script.write_text(PARENT_SCRIPT)
+    script.write_text(PARENT_SCRIPT if what == "inputs and results" else RESULT_SPARES_SCRIPT)
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     # After the script dies the shell becomes a ``sleep`` that keeps the namespace.
     argv = sandboxed("512m", [sys.executable, str(script), start_method],
@@ -174,6 +207,8 @@ def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
         assert ready is not None, f"script never got going:\n{out.read_text()}\n{err.read_text()}"
         parent, kids = ready["pid"], ready["kids"]
         assert any(n.startswith(f"sa-{parent}-") for n in ready["shm"]), ready["shm"]
+        if what == "released results":
+            assert set(ready["spares"]) & set(ready["shm"]), ready
         assert len(kids) >= 3, kids          # two workers and the resource tracker at least
         os.kill(parent, signal.SIGKILL)
 
@@ -187,6 +222,100 @@ def test_parent_sigkilled_mid_map_leaves_nothing(start_method, tmp_path):
     finally:
         os.killpg(witness.pid, signal.SIGKILL)
         witness.wait(30)
+
+
+def full(n: int, k: float) -> np.ndarray:
+    return np.full(n, k)
+
+
+def die_while_claiming(step: str) -> None:
+    """Worker initializer: SIGKILL this worker at ``step`` of writing a
+    result into a released one."""
+    import sharedarray.pool as sa_pool
+
+    def die(*_: object, **__: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if step == "registered":        # its new name registered, the spare not yet renamed
+        real = sa_pool._ext
+
+        class Ext:
+            rename_noreplace = staticmethod(die)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+        sa_pool._ext = Ext()        # type: ignore[assignment]
+    elif step == "renamed":         # renamed to the result's name, not yet locked
+        sa_pool._write_claimed = die
+    elif step == "header written":  # the new header written, the data not
+        write = sa_pool._write_all
+
+        def die_at_data(fd: int, data: object, offset: int) -> None:
+            if offset:
+                die()
+            write(fd, data, offset)
+        sa_pool._write_all = die_at_data
+
+
+@pytest.mark.parametrize("step", ["registered", "renamed", "header written"])
+def test_worker_sigkilled_while_taking_a_released_result(start_method, step):
+    ex = new_pool(start_method, max_workers=1, initializer=die_while_claiming,
+                  initargs=(step,))
+    ex._sa_pool.results.ttl = 60.0
+    try:
+        r = ex.submit(full, BIG, 1.0).result()      # a new segment
+        assert np.all(r == 1.0)
+        del r                                        # kept for reuse
+        assert wait_until(lambda: len(ex._sa_pool.results.names()) == 1, 10)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(full, BIG, 2.0).result(timeout=60)
+    finally:
+        ex.shutdown()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+
+
+RESULT_ROOM_SCRIPT = r"""
+import json, os, sys, warnings, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def full(nbytes, k):
+    return np.full(nbytes // 8, k)
+
+
+if __name__ == "__main__":
+    with sa.ProcessPoolExecutor(1, mp.get_context(sys.argv[1])) as ex:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = ex.submit(full, 12 << 20, 1.0).result()      # 12 MiB: kept once dropped
+            ok_small = type(r) is sa.ndarray and bool(np.all(r == 1.0))
+            del r
+            spares = ex._sa_pool.results.names()
+            r = ex.submit(full, 56 << 20, 2.0).result()      # 56 MiB: fits only without it
+            ok_big = type(r) is sa.ndarray and bool(np.all(r == 2.0))
+            del r
+    print(json.dumps({"ok": ok_small and ok_big, "spares": spares,
+                      "warnings": [str(w.message) for w in caught],
+                      "left": sorted(os.listdir("/dev/shm"))}))
+"""
+
+
+def test_released_result_gives_way_when_dev_shm_is_full(start_method, tmp_path):
+    """Docker's 64 MiB /dev/shm: a released 12 MiB result kept for reuse is
+    unlinked when the worker's 56 MiB result needs the room, with no fallback."""
+    private_shm_prefix()                   # skips where not permitted
+    script = tmp_path / "room.py"
+    script.write_text(RESULT_ROOM_SCRIPT)
+    argv = sandboxed("64m", [sys.executable, "-W", "always", str(script), start_method])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"], out
+    assert len(out["spares"]) == 1, out
+    assert out["warnings"] == [], out
+    assert "shared memory is too small" not in proc.stderr, proc.stderr
+    assert out["left"] == [], out
 
 
 # ---------------------------------------------------------------- small /dev/shm

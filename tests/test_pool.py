@@ -219,6 +219,7 @@ def pool(start_method: str):
     # Released copies are kept for reuse a few seconds; here a few
     # milliseconds, so that every test ends with nothing of its own left.
     ex._sa_pool.spares.ttl = 0.02
+    ex._sa_pool.results.ttl = 0.02
     yield ex
     ex.shutdown(wait=True)
 
@@ -655,6 +656,7 @@ def _idle(ex: sa.ProcessPoolExecutor) -> bool:
 
 def _keep_spares(ex: sa.ProcessPoolExecutor) -> sa.ProcessPoolExecutor:
     ex._sa_pool.spares.ttl = 30.0        # as long as in real use
+    ex._sa_pool.results.ttl = 30.0
     return ex
 
 
@@ -845,6 +847,230 @@ def test_old_handle_never_shows_a_refill(start_method):
                 helper.kill()
     assert wrong == 0, (attached, stale, wrong)
     assert attached + stale == 400
+
+
+# ---------------------------------------------------------------- reuse of released results
+
+def _result_spares(ex: sa.ProcessPoolExecutor) -> list[str]:
+    return ex._sa_pool.results.names()
+
+
+def _inode(name: str) -> int:
+    return os.stat(f"/dev/shm/{name}").st_ino
+
+
+def fortran_ints(n: int) -> np.ndarray:
+    return np.asfortranarray(np.arange(n, dtype=np.int64).reshape(4, -1))
+
+
+def make_result_when(flag: str, n: int, fill: float) -> np.ndarray:
+    """Build a result once ``flag`` exists (workers racing for one spare)."""
+    wait_for_file(flag)
+    return np.full(n, fill, dtype=np.float64)
+
+
+def test_released_result_takes_the_next_result_of_its_size(start_method):
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
+        r = ex.submit(make_result, BIG, 1.0).result()
+        name = r.segment.name
+        assert sa._names.parse(name).refillable
+        ino = _inode(name)
+        del r
+        # Kept under a spare name once the parent no longer maps it.
+        assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+        spare = _result_spares(ex)[0]
+        assert not shm_exists(name) and _inode(spare) == ino
+        # The next result of that size is written into it by the worker.
+        r2 = ex.submit(make_result, BIG, 2.0).result()
+        assert type(r2) is sa.ndarray and r2.flags.writeable and np.all(r2 == 2.0)
+        assert r2.segment.name != name and _inode(r2.segment.name) == ino
+        assert not shm_exists(spare)
+        # Another dtype, shape and order of the same byte size: reused, with
+        # its own layout.
+        name2 = r2.segment.name
+        del r2
+        assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+        other = fortran_ints(BIG)
+        r3 = ex.submit(fortran_ints, BIG).result()
+        assert _inode(r3.segment.name) == ino and not shm_exists(name2)
+        assert r3.dtype == np.int64 and r3.flags.f_contiguous and np.array_equal(r3, other)
+        # Another size: a segment of its own.
+        r4 = ex.submit(make_result, BIG + 512, 4.0).result()
+        assert _inode(r4.segment.name) != ino and np.all(r4 == 4.0)
+        del r3, r4
+        assert wait_until(lambda: len(_result_spares(ex)) == 2, 10)
+    assert not own_temporaries()                  # shutdown unlinks spares at once
+
+
+def test_old_handles_to_a_recycled_result_never_show_new_data(start_method):
+    """A handle by name finds the name gone; one that travels with a
+    descriptor of the memory (multiprocessing's pickler) finds a new token
+    and raises StaleHandleError."""
+    from multiprocessing.reduction import ForkingPickler
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
+        r = ex.submit(make_result, BIG, 1.0).result()
+        ino = _inode(r.segment.name)
+        by_name = pickle.dumps(r)
+        with_fd = bytes(ForkingPickler.dumps(r))
+        del r
+        assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+        r2 = ex.submit(make_result, BIG, 2.0).result()
+        assert _inode(r2.segment.name) == ino            # recycled
+        with pytest.raises(FileNotFoundError):
+            pickle.loads(by_name)
+        with pytest.raises(sa.StaleHandleError):
+            pickle.loads(with_fd)
+        assert np.all(r2 == 2.0)
+
+
+def test_result_the_parent_still_holds_is_never_recycled(start_method):
+    with _keep_spares(new_pool(start_method)) as ex:
+        r = ex.submit(make_result, BIG, 1.0).result()
+        ino = _inode(r.segment.name)
+        view = r.view(np.ndarray)[::2]      # a plain view keeps the mapping
+        del r
+        gc.collect()
+        assert _result_spares(ex) == []
+        for k in range(2, 6):
+            rk = ex.submit(make_result, BIG, float(k)).result()
+            assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
+            del rk                          # these recycle among themselves
+        assert np.all(view == 1.0)
+        del view
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+
+
+def test_result_a_worker_keeps_is_never_recycled(start_method):
+    """The parent drops a result that a worker still maps (it kept its
+    input): no later result may be written into it."""
+    with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
+        r = ex.submit(make_result, BIG, 1.0).result()
+        name, ino = r.segment.name, _inode(r.segment.name)
+        assert ex.submit(keep_input, r).result() == name
+        del r
+        assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+        for k in range(2, 6):
+            rk = ex.submit(make_result, BIG, float(k)).result()
+            assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
+            del rk
+        assert ex.submit(kept_sums).result() == [1.0 * BIG]
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+
+
+def test_result_a_third_process_maps_is_never_recycled(start_method):
+    ctx = mp.get_context(start_method)
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    helper = ctx.Process(target=hold_and_report, args=(inbox, outbox))
+    helper.start()
+    try:
+        with _keep_spares(new_pool(start_method, max_workers=1)) as ex:
+            r = ex.submit(make_result, BIG, 1.0).result()
+            ino = _inode(r.segment.name)
+            inbox.put(r)
+            assert outbox.get(timeout=60) == ("got", 1.0 * BIG, 1.0)
+            del r
+            assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+            for k in range(2, 6):
+                rk = ex.submit(make_result, BIG, float(k)).result()
+                assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
+                del rk
+            inbox.put("report")
+            assert outbox.get(timeout=60) == ("now", 1.0 * BIG, 1.0)
+    finally:
+        helper.join(60)
+        if helper.is_alive():
+            helper.kill()
+    assert helper.exitcode == 0
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+
+
+def test_two_workers_racing_for_one_spare_never_share_it(start_method, tmp_path):
+    with _keep_spares(new_pool(start_method, max_workers=2)) as ex:
+        for k in range(6):
+            r = ex.submit(make_result, BIG, -1.0).result()
+            ino = _inode(r.segment.name)
+            del r
+            assert wait_until(lambda: len(_result_spares(ex)) >= 1, 10)
+            flag = str(tmp_path / f"go{k}")
+            futs = [ex.submit(make_result_when, flag, BIG, float(i)) for i in (1, 2)]
+            time.sleep(0.05)              # both workers waiting for the flag
+            Path(flag).touch()
+            a, b = (f.result(timeout=60) for f in futs)
+            assert np.all(a == 1.0) and np.all(b == 2.0)
+            inodes = [_inode(a.segment.name), _inode(b.segment.name)]
+            assert inodes[0] != inodes[1] and inodes.count(ino) <= 1
+            del a, b, futs
+    assert not own_temporaries()
+
+
+def claim_in_rounds(config: Any, rounds: int, size: int, barrier: Any, outbox: Any) -> None:
+    """Helper process: at each round, try to write a result into a spare."""
+    sa_pool._config = config
+    for i in range(rounds):
+        barrier.wait(60)
+        name = sa._names.result_name(config.prefix)
+        handle = sa_pool._into_spare(np.full(size, float(os.getpid() + i)), name, [])
+        outbox.put((i, None if handle is None else handle[0]))
+        barrier.wait(60)
+
+
+def test_claiming_a_spare_is_exclusive(start_method):
+    """Two processes try to claim the one spare at once, round after round:
+    exactly one gets it each time (the other finds none)."""
+    ctx = mp.get_context(start_method)
+    rounds = 20
+    with new_pool(start_method, max_workers=1) as ex:
+        pool = ex._sa_pool
+        pool.results.ttl = 60.0
+        barrier, outbox = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=claim_in_rounds,
+                             args=(pool.config(), rounds, BIG, barrier, outbox))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        won = []
+        try:
+            for _ in range(rounds):
+                seg = sa.reduction.share_segment(np.zeros(BIG),
+                                                 name=sa._names.result_name(pool.prefix))
+                name, size = seg.name, seg.size
+                del seg
+                pool.results.retire(size, name)
+                assert len(pool.results.names()) == 1
+                barrier.wait(60)
+                got = [outbox.get(timeout=60) for _ in procs]
+                barrier.wait(60)
+                names = [n for _, n in got if n is not None]
+                assert len(names) == 1, got
+                arr = sa.attach(names[0])
+                assert arr.shape == (BIG,) and arr[0] == arr[-1] and arr[0] > 0
+                del arr
+                sa_pool.discard(names[0])
+                won.append(names[0])
+        finally:
+            for p in procs:
+                p.join(60)
+                if p.is_alive():
+                    p.kill()
+        assert len(set(won)) == rounds
+    assert not own_temporaries()
+
+
+def test_result_spares_are_bounded_and_expire(start_method):
+    with new_pool(start_method) as ex:
+        results = ex._sa_pool.results
+        results.ttl = 1.0
+        got = [ex.submit(make_result, BIG + 512 * i, float(i)).result() for i in range(8)]
+        assert [float(g[-1]) for g in got] == [float(i) for i in range(8)]
+        del got
+        assert 1 <= len(_result_spares(ex)) <= results.count
+        # Unused for the lifetime: unlinked without a shutdown.
+        assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+        # A byte budget too: here room for one.
+        results.budget = BIG * 8 + 8192
+        got = [ex.submit(make_result, BIG + 512 * i, float(i)).result() for i in range(4)]
+        del got
+        assert len(_result_spares(ex)) <= 1
 
 
 # ---------------------------------------------------------------- snapshots
@@ -1198,11 +1424,18 @@ def threads_here(_=None):
     return sorted(t.name for t in threading.enumerate())
 
 
+def ones(n):
+    return np.ones(n)
+
+
 if __name__ == "__main__":
     ctx = mp.get_context("fork")
     big = np.ones(1 << 18)                      # 2 MiB: travels through shared memory
     with sa.ProcessPoolExecutor(1, ctx) as a:
         a.submit(total, big).result()           # its released copy is kept for reuse
+        r = a.submit(ones, 1 << 18).result()    # and so is this result, once dropped
+        del r
+        assert a._sa_pool.results.names()
         time.sleep(0.1)
         with sa.ProcessPoolExecutor(1, ctx) as b:   # forks while a keeps that copy
             b.submit(total, big).result()

@@ -23,6 +23,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 #include "ext.h"
 
@@ -61,6 +64,7 @@ typedef struct {
     int fd;               /* -1, or kept open holding a shared flock (attach lock=True) */
     Py_ssize_t exports;   /* live buffer exports */
     PyObject *meta;       /* what Python knows of the contents (header) */
+    PyObject *after_unmap; /* released once unmapped and unlocked (see dealloc) */
     PyObject *weakreflist;
     /* What fstat said of the object when it was mapped: the device (for
      * shm: which /dev/shm), inode and modification time identify it. */
@@ -140,6 +144,11 @@ Segment_dealloc(Segment *self)
         close(self->fd);      /* releases the shared lock: nothing maps it here */
         self->fd = -1;
     }
+    /* Last, once this process neither maps the object nor holds its lock:
+     * a finalizer on this object may hand the object on (the executor
+     * keeps a released result for a worker to rewrite).  Weak references
+     * to the segment itself die before the unmap, so they cannot. */
+    Py_CLEAR(self->after_unmap);
     Py_CLEAR(self->name);
     Py_CLEAR(self->meta);
     tp->tp_free((PyObject *)self);
@@ -167,6 +176,7 @@ segment_alloc(PyTypeObject *type, PyObject *name, int readonly)
     self->fd = -1;
     self->weakreflist = NULL;
     self->meta = NULL;
+    self->after_unmap = NULL;
     self->readonly = readonly;
     self->st_dev = self->st_ino = 0;
     self->mtime_ns = self->ctime_ns = 0;
@@ -320,6 +330,21 @@ Segment_get_identity(Segment *self, void *closure)
                          self->mtime_ns);
 }
 
+static PyObject *
+Segment_get_after_unmap(Segment *self, void *closure)
+{
+    return Py_NewRef(self->after_unmap != NULL ? self->after_unmap : Py_None);
+}
+
+/* Not visited by the GC: the object must not refer back to the segment
+ * (it is a plain marker that a finalizer watches). */
+static int
+Segment_set_after_unmap(Segment *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(self->after_unmap, value == Py_None ? NULL : Py_XNewRef(value));
+    return 0;
+}
+
 static void
 set_identity(Segment *self, const struct stat *st)
 {
@@ -387,6 +412,8 @@ static PyGetSetDef Segment_getset[] = {
      "number of live buffer exports", NULL},
     {"identity", (getter)Segment_get_identity, NULL,
      "(st_dev, st_ino, size, st_mtime in ns) of the object when mapped", NULL},
+    {"after_unmap", (getter)Segment_get_after_unmap, (setter)Segment_set_after_unmap,
+     "an object this segment holds until it is unmapped and its lock released", NULL},
     {NULL},
 };
 
@@ -1299,6 +1326,41 @@ ext_unlink(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+#if defined(__linux__) && !defined(RENAME_NOREPLACE)
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+/* rename_noreplace(src, dst): rename the file src to dst, failing with
+ * FileExistsError if dst exists (renameat2's RENAME_NOREPLACE; a plain
+ * rename() would replace it).  Exactly one of several processes renaming
+ * the same src succeeds; the others get FileNotFoundError.  Linux 3.15+
+ * (tmpfs 3.17+); elsewhere OSError(ENOSYS). */
+static PyObject *
+ext_rename_noreplace(PyObject *module, PyObject *args)
+{
+    const char *src, *dst;
+    int rc, err = 0;
+    if (!PyArg_ParseTuple(args, "ss:rename_noreplace", &src, &dst)) {
+        return NULL;
+    }
+#if defined(__linux__) && defined(SYS_renameat2)
+    Py_BEGIN_ALLOW_THREADS
+    rc = (int)syscall(SYS_renameat2, AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE);
+    if (rc < 0) {
+        err = errno;
+    }
+    Py_END_ALLOW_THREADS
+#else
+    rc = -1;
+    err = ENOSYS;
+#endif
+    if (rc < 0) {
+        errno = err;
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, err == EEXIST ? dst : src);
+    }
+    Py_RETURN_NONE;
+}
+
 /* The address of the first element of a buffer-exporting object (a numpy
  * array): what reduction needs to compute a view's offset in its segment. */
 static PyObject *
@@ -1365,6 +1427,9 @@ static PyMethodDef ext_methods[] = {
      "attach()'s check of a .npy preamble, on bytes: (header_text, "
      "data_offset, version)."},
     {"unlink", ext_unlink, METH_VARARGS, "Remove a name."},
+    {"rename_noreplace", ext_rename_noreplace, METH_VARARGS,
+     "rename_noreplace($module, src, dst, /)\n--\n\nRename the file src to dst; "
+     "FileExistsError if dst exists (Linux)."},
     {"address", ext_address, METH_O, "Address of an exporter's first element."},
     {"stat", ext_stat, METH_VARARGS, "(size, mtime, uid, mode) of a name."},
     {"watch_parent", ext_watch_parent, METH_VARARGS,
