@@ -9,7 +9,7 @@ Data flow::
       or one chunk of map() of such tasks):
       the standard path as it is, behind        _plain / _plain_chunk: run fn;
       _plain or _plain_chunk and a key; the     an atomic result as it is,
-      future kept weakly (_Pool.plain)          any other as _Result (below)
+      future kept until done (_Pool.plain)      any other as _Result (below)
     submit(fn, *args), any other task -> _Call; the executor's own future
       feeder thread pickles the _Call:
         sharedarray.ndarray -> handle           attach (same memory, writable)
@@ -110,7 +110,6 @@ _FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
 # Values that hold no array; commonest first (_ext.only_types tries in order).
 _ATOMIC_TYPES = (int, float, str, type(None), bool, bytes, complex)
 _ATOMIC = frozenset(_ATOMIC_TYPES)
-_PRUNE_AT = 1024      # futures of tasks with nothing to share kept before a prune
 
 
 # ---------------------------------------------------------------- warnings
@@ -777,12 +776,16 @@ class _Pool:
         self.spares = _Spares(_SPARES, budget, _SPARE_TTL)
         self.leases = _Leases(self.spares, self.sweep_results)
         self.functions = _FunctionCache(_FUNCTIONS)
-        # Tasks with nothing to share, by key: their futures, weakly (None
-        # while submit() registers one).  Only a result that cannot be
-        # attached (_load_result) and close() look here; dead entries are
-        # dropped once the dict doubles, so it stays near the live count.
-        self.plain: dict[int, weakref.ref[Future] | None] = {}
-        self.prune_at = _PRUNE_AT
+        # Tasks with nothing to share: future -> key, from submit() until
+        # done (the executor holds them as long); the keys submit() is
+        # registering.  Only a result that cannot be attached
+        # (_plain_future) and close() look here.  The done callback is one
+        # bound method for all: a task allocates nothing that outlives
+        # submit() (an object per task, a weak reference say, costs more in
+        # garbage collection than all the rest of this bookkeeping).
+        self.plain: dict[Future, int] = {}
+        self.registering: set[int] = set()
+        self.forget = self.plain.pop
         _all_pools.add(self)
 
     def config(self) -> _WorkerConfig:
@@ -791,13 +794,8 @@ class _Pool:
     def close(self) -> None:
         """Shut down or collected.  Tasks with nothing to share were not
         counted as pending; those not done yet are counted now, so that the
-        clean-up does not sweep results still on their way, and their done
-        callbacks keep this object (their keys) alive for ``_plain_future``."""
-        running = []
-        for ref in list(self.plain.values()):
-            future = ref() if ref is not None else None
-            if future is not None and not future.done():
-                running.append(future)
+        clean-up does not sweep results still on their way."""
+        running = [future for future in list(self.plain) if not future.done()]
         self.leases.close(len(running))
         for future in running:
             future.add_done_callback(self.plain_done)     # at once if done by now
@@ -805,14 +803,6 @@ class _Pool:
     def plain_done(self, future: Future) -> None:
         """A task with nothing to share, counted by ``close()``, is done."""
         self.leases.task_done()
-
-    def prune(self) -> None:
-        """Forget the collected futures of tasks with nothing to share."""
-        plain = self.plain
-        for key, ref in list(plain.items()):
-            if ref is not None and ref() is None:
-                plain.pop(key, None)
-        self.prune_at = 2 * len(plain) + _PRUNE_AT
 
     def sweep_results(self) -> None:
         """Unlink results that never reached us (a worker died, the pool broke)."""
@@ -828,18 +818,21 @@ class _Pool:
 
 
 _all_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
-_GONE: Any = object()
 
 
 def _plain_future(key: int) -> Future | None:
     """The future of the task with nothing to share submitted as ``key``, or
-    None if it is gone.  submit() registers it a moment after the executor
-    accepts the task: wait for that."""
+    None if it is gone (its submit() failed).  A search, but only for a
+    result that cannot be attached.  submit() registers the future a moment
+    after the executor accepts the task: wait for that."""
     for pool in list(_all_pools):
-        while (ref := pool.plain.get(key, _GONE)) is None:
+        while True:
+            for future, k in list(pool.plain.items()):
+                if k == key:
+                    return future
+            if key not in pool.registering:
+                break
             time.sleep(0.0005)
-        if ref is not _GONE:
-            return ref()
     return None
 
 
@@ -1132,16 +1125,13 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             # the future if the result's shared arrays cannot be attached.
             runner, fn, args = plain_call
             key = next(_keys)
-            plain = pool.plain
-            plain[key] = None
+            pool.registering.add(key)
             try:
                 future = super().submit(runner, key, fn, *args, **kwargs)
-                plain[key] = weakref.ref(future)
-            except BaseException:
-                plain.pop(key, None)
-                raise
-            if len(plain) > pool.prune_at:
-                pool.prune()
+                pool.plain[future] = key
+                future.add_done_callback(pool.forget)    # at once if done by now
+            finally:
+                pool.registering.discard(key)
             return future
         batch = getattr(_batch, "current", None)
         call = _Call(fn, args, kwargs, pool, batch)

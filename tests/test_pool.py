@@ -1274,42 +1274,44 @@ def test_map_of_plain_tasks_still_shares_large_results(pool):
 
 
 def _registered(ex: sa.ProcessPoolExecutor, fut: concurrent.futures.Future) -> bool:
-    """Whether ``fut`` is the future of a task with nothing to share."""
-    return any(ref is not None and ref() is fut for ref in ex._sa_pool.plain.values())
+    """Whether ``fut`` is the pending future of a task with nothing to share."""
+    return fut in ex._sa_pool.plain
 
 
-def test_tasks_with_nothing_to_share_take_the_standard_path(pool):
-    """No _Call, lease or done callback for them, and their large results
-    still come back through shared memory (also a worker's own ``share()``)."""
+def test_tasks_with_nothing_to_share_take_the_standard_path(pool, tmp_path):
+    """No _Call or lease for them, and their large results still come back
+    through shared memory (also a worker's own ``share()``)."""
+    flag = str(tmp_path / "go")
     calls = set(sa_pool._calls)
-    fut = pool.submit(make_result, BIG, 2.5)
+    fut = pool.submit(make_result_after, flag, BIG, 2.5)
+    own = pool.submit(return_own_share, BIG, 1.0)
     assert _registered(pool, fut) and set(sa_pool._calls) <= calls
+    assert pool._sa_pool.leases.pending == 0
+    Path(flag).touch()
     r = fut.result(timeout=60)
     assert type(r) is sa.ndarray and r.flags.writeable and np.all(r == 2.5)
     assert r.segment.name.startswith(f"sa-{os.getpid()}-")
-    own = pool.submit(return_own_share, BIG, 1.0)
-    assert _registered(pool, own)
-    assert type(own.result(timeout=60)) is sa.ndarray
-    assert pool._sa_pool.leases.pending == 0
-    del r, fut, own
+    r2 = own.result(timeout=60)
+    assert type(r2) is sa.ndarray and float(r2.sum()) == float(BIG)
+    del r, r2
 
 
-def test_futures_of_tasks_with_nothing_to_share_are_forgotten(pool, monkeypatch):
-    """The weak references to their futures do not pile up: dead ones go
-    once the registry doubles (here from 8 on)."""
-    monkeypatch.setattr(sa_pool, "_PRUNE_AT", 8)
-    monkeypatch.setattr(pool._sa_pool, "prune_at", 8)
-    plain = pool._sa_pool.plain
-    kept = [pool.submit(square, i) for i in range(5)]
-    for i in range(200):
-        assert pool.submit(square, i).result(timeout=60) == i * i
-    # At the last prune at most the kept futures and a few settling ones
-    # were alive; since then fewer than twice as many were added (+ 8).
-    assert len(plain) <= 2 * (len(kept) + 3) + 8 + 1, len(plain)
+def test_futures_of_tasks_with_nothing_to_share_are_kept_until_done(pool, tmp_path):
+    """The executor holds such a future only as long as the standard one
+    does: until it is done."""
+    flag = str(tmp_path / "go")
+    waiting = pool.submit(wait_for_file, flag, 1)
+    done = [pool.submit(square, i) for i in range(20)]
+    assert [f.result(timeout=60) for f in done] == [i * i for i in range(20)]
+    assert wait_until(lambda: not any(_registered(pool, f) for f in done), 10)
+    assert _registered(pool, waiting)
+    refs = [weakref.ref(f) for f in done]
+    done.clear()
     gc.collect()
-    alive = [ref() for ref in plain.values() if ref is not None and ref() is not None]
-    assert all(f in alive for f in kept)
-    assert [f.result(timeout=60) for f in kept] == [0, 1, 4, 9, 16]
+    assert all(r() is None for r in refs)
+    Path(flag).touch()
+    assert waiting.result(timeout=60) == 1
+    assert wait_until(lambda: not pool._sa_pool.plain and not pool._sa_pool.registering, 10)
 
 
 def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_path,
