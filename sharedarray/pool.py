@@ -4,7 +4,13 @@ Data flow::
 
     parent                                     worker
     ------                                     ------
-    submit(fn, *args) -> _Call; the executor's own future
+    submit(fn, *args) with nothing to share
+      (fn goes by reference, atomic args;
+      or one chunk of map() of such tasks):
+      the standard path as it is, behind        _plain / _plain_chunk: run fn;
+      _plain or _plain_chunk and a key; the     an atomic result as it is,
+      future kept until done (_Pool.plain)      any other as _Result (below)
+    submit(fn, *args), any other task -> _Call; the executor's own future
       feeder thread pickles the _Call:
         sharedarray.ndarray -> handle           attach (same memory, writable)
         plain array >= threshold
@@ -23,7 +29,8 @@ Data flow::
                                                      the parent (tracker-registered)
       result thread unpickles; the parent owns R
     the future settles (a result whose shared arrays cannot be attached
-    fails that task only: _doom)
+    fails that task only: _doom, or _fail through the key of a task with
+    nothing to share)
     the parent drops R: once it no longer maps it, R is renamed to a spare
     name S (_ResultSpares), kept a few seconds for the next result
 
@@ -65,6 +72,9 @@ Rules, each enforced in one place:
   tracker knows every name from before it exists until after it is gone:
   a new name is registered before its create or rename, an old one
   unregistered after; spare names only by the parent (``_ResultSpares``).
+  Tasks with nothing to share hold no copy and are not counted as pending
+  until ``_Pool.close()``, which counts those still running: the final
+  sweep of results waits for them.
 
 Lock order: ``_Call.lock`` -> ``_Leases.lock`` -> ``_Spares.lock``; the
 function cache's lock and ``_ResultSpares.lock`` are taken alone (the latter
@@ -131,8 +141,9 @@ _SPARES = 4           # released input copies (and results) kept for reuse, at m
 _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
 _FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
-_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
-_SCAN_ITEMS = 1024    # longest result list checked for atomics (~20 ns/item)
+# Values that hold no array; commonest first (_ext.only_types tries in order).
+_ATOMIC_TYPES = (int, float, str, type(None), bool, bytes, complex)
+_ATOMIC = frozenset(_ATOMIC_TYPES)
 
 
 # ---------------------------------------------------------------- warnings
@@ -272,11 +283,29 @@ class _Task:
         self.fn = self.args = self.kwargs = None
         value = fn(*args, **kwargs)
         del fn, args, kwargs
-        t = type(value)
-        if t in _ATOMIC or ((t is list or t is tuple) and len(value) <= _SCAN_ITEMS
-                            and _atomic(value)):
-            return value      # no array inside: the standard path is fastest
-        return _Result(value, self.key)
+        return _outcome(value, self.key)
+
+
+def _outcome(value: Any, key: int) -> Any:
+    """What a worker sends back for ``value``: itself when it holds no array
+    (the standard path, fastest), else a ``_Result`` that pickles it."""
+    if type(value) in _ATOMIC or _ext.only_types(value, _ATOMIC_TYPES, False):
+        return value
+    return _Result(value, key)
+
+
+def _plain(key: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Worker side of a task with nothing to share (see ``_plain_call``): the
+    standard executor sends it as it is, with this in front of ``fn``.  Its
+    arguments hold no array, so none needs to die early (as ``_Task``'s do)."""
+    return _outcome(fn(*args, **kwargs), key)
+
+
+def _plain_chunk(key: int, fn: Callable[..., Any], chunk: tuple) -> Any:
+    """Worker side of a chunk of ``map()`` with nothing to share: what the
+    standard ``_process_chunk`` does, with the result checked.  Sent in its
+    place, it also pickles smaller than ``partial(_process_chunk, fn)``."""
+    return _outcome([fn(*args) for args in chunk], key)
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, key: int = 0) -> _Task:
@@ -536,15 +565,19 @@ def _adopt_in_parent(*handle: Any) -> ndarray:
 def _load_result(payload: bytes, key: int) -> Any:
     """Parent (result thread): unpickle a result.  A shared array that cannot
     be attached fails this task only (with the real exception, see
-    ``_doom``); anything else that cannot be unpickled breaks the pool, as in
-    the standard executor."""
+    ``_doom``; ``key`` finds its ``_Call`` or, for a task with nothing to
+    share, its future); anything else that cannot be unpickled breaks the
+    pool, as in the standard executor."""
     try:
         return pickle.loads(payload)
     except _HandleLost as lost:
         call = _calls.get(key)
-        if call is None:        # gone with its pool: nobody waits for it
+        if call is not None:
+            _doom(call, lost.args[0])
             return None
-        _doom(call, lost.args[0])
+        future = _plain_future(key)
+        if future is not None:  # else gone with its pool: nobody waits for it
+            _fail(future, lost.args[0])
         return None
 
 
@@ -1022,7 +1055,7 @@ class _Leases:
         self.on_full = on_full                 # frees other kept segments
         self.lock = threading.Lock()
         self.current: dict[int, _Lease] = {}   # id(source) -> its newest copy
-        self.pending = 0                       # tasks submitted and not done
+        self.pending = 0      # _Call tasks submitted and not done (see _Pool.close)
         self.closed = False                    # shut down: clean up when idle
 
     def lease(self, arr: np.ndarray, batch: _Batch | None,
@@ -1132,11 +1165,14 @@ class _Leases:
         if run:
             self.cleanup()
 
-    def close(self) -> None:
+    def close(self, more: int = 0) -> None:
         """Shut down or collected: clean up now, or when the last pending task
-        is done (after ``shutdown(wait=False)`` tasks still run)."""
+        is done (after ``shutdown(wait=False)`` tasks still run).  ``more``:
+        tasks not counted so far, to count from now on (their ``task_done``
+        is to come)."""
         with self.lock:
             self.closed = True
+            self.pending += more
             run = self.pending == 0
         if run:
             self.cleanup()
@@ -1168,12 +1204,33 @@ class _Pool:
         _result_spares[self.prefix] = self.results
         self.leases = _Leases(self.spares, self.end_results, self.results.empty)
         self.functions = _FunctionCache(_FUNCTIONS)
+        # Tasks with nothing to share: future -> key, from submit() until
+        # done (the executor holds them as long); the keys submit() is
+        # registering.  Only a result that cannot be attached
+        # (_plain_future) and close() look here.  The done callback is one
+        # bound method for all: a task allocates nothing that outlives
+        # submit() (an object per task, a weak reference say, costs more in
+        # garbage collection than all the rest of this bookkeeping).
+        self.plain: dict[Future, int] = {}
+        self.registering: set[int] = set()
+        self.forget = self.plain.pop
+        _all_pools.add(self)
 
     def config(self) -> _WorkerConfig:
         return _WorkerConfig(self.threshold, self.pid, self.prefix)
 
     def close(self) -> None:
-        self.leases.close()
+        """Shut down or collected.  Tasks with nothing to share were not
+        counted as pending; those not done yet are counted now, so that the
+        clean-up does not sweep results still on their way."""
+        running = [future for future in list(self.plain) if not future.done()]
+        self.leases.close(len(running))
+        for future in running:
+            future.add_done_callback(self.plain_done)     # at once if done by now
+
+    def plain_done(self, future: Future) -> None:
+        """A task with nothing to share, counted by ``close()``, is done."""
+        self.leases.task_done()
 
     def end_results(self) -> None:
         """No task runs any more and none will: unlink released results and
@@ -1193,6 +1250,25 @@ class _Pool:
                 ref = _cache.get(name)
                 if ref is None or ref() is None:
                     discard(name)
+
+
+_all_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+
+
+def _plain_future(key: int) -> Future | None:
+    """The future of the task with nothing to share submitted as ``key``, or
+    None if it is gone (its submit() failed).  A search, but only for a
+    result that cannot be attached.  submit() registers the future a moment
+    after the executor accepts the task: wait for that."""
+    for pool in list(_all_pools):
+        while True:
+            for future, k in list(pool.plain.items()):
+                if k == key:
+                    return future
+            if key not in pool.registering:
+                break
+            time.sleep(0.0005)
+    return None
 
 
 # ---------------------------------------------------------------- parent: pickling tasks
@@ -1265,7 +1341,12 @@ class _CloudArgPickler(cloudpickle.Pickler):
 
 _batch = threading.local()     # the map() call this thread is submitting for
 
-try:    # what the standard map() submits: partial(_process_chunk, fn), chunk
+# What the standard map() submits for each chunk: partial(_process_chunk, fn)
+# and a tuple of argument tuples.  A private name, only compared against (never
+# called or changed): it lets a chunk of tasks with nothing to share take the
+# standard path like a single such task (run by _plain_chunk, which does the
+# same one line).  Without it, chunks take ours, which is slower but correct.
+try:
     from concurrent.futures.process import _process_chunk
 except ImportError:             # pragma: no cover - another implementation
     _process_chunk = None
@@ -1276,40 +1357,31 @@ def _plain_function(fn: Any) -> bool:
             and _how_to_send(fn) == _BY_REFERENCE)
 
 
-def _atomic(values: Any) -> bool:
-    # A plain loop: about five times faster than all() over a generator,
-    # which matters for map()'s chunks (checked item by item, per task).
-    atomic = _ATOMIC
-    for v in values:
-        if type(v) not in atomic:
-            return False
-    return True
+def _plain_call(fn: Any, args: tuple, kwargs: dict
+                ) -> tuple[Callable[..., Any], Callable[..., Any], tuple] | None:
+    """How a task that holds nothing for our pickler runs in the worker:
+    ``(runner, function, arguments)``; None for any other task.
 
-
-def _atomic_rows(rows: tuple) -> bool:
-    """Whether ``rows`` is a chunk of map(): tuples of atomic values."""
-    atomic = _ATOMIC
-    for row in rows:
-        if type(row) is not tuple:
-            return False
-        for v in row:
-            if type(v) not in atomic:
-                return False
-    return True
-
-
-def _plain_task(fn: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether a task holds nothing for our pickler: a function plain pickle
-    sends by reference and atomic arguments, also as one chunk of the
-    standard ``map()`` (a partial of its chunk runner over such a function,
-    and a tuple of argument tuples)."""
-    if kwargs and not _atomic(kwargs.values()):
-        return False
+    Such a task is a function plain pickle sends by reference with atomic
+    arguments (run by ``_plain``), or one chunk of the standard ``map()``
+    over such a function: a partial of its chunk runner and a tuple of
+    argument tuples (run by ``_plain_chunk``).  The arguments are checked
+    in C: a Python loop takes ~40 ns per value, 4 us for a chunk of 100,
+    which costs the parent about 70 us in all."""
+    only = _ext.only_types
+    if kwargs and not only(tuple(kwargs.values()), _ATOMIC_TYPES, False):
+        return None
     if (type(fn) is functools.partial and fn.func is _process_chunk
             and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
-            and len(args) == 1 and type(args[0]) is tuple):
-        return _plain_function(fn.args[0]) and _atomic_rows(args[0])
-    return _plain_function(fn) and _atomic(args)
+            and len(args) == 1):
+        inner = fn.args[0]
+        if (not kwargs and _plain_function(inner)
+                and only(args[0], _ATOMIC_TYPES, True)):
+            return _plain_chunk, inner, args
+        return None
+    if _plain_function(fn) and only(args, _ATOMIC_TYPES, False):
+        return _plain, fn, args
+    return None
 
 
 class _Call:
@@ -1337,17 +1409,10 @@ class _Call:
         _calls[self.key] = self
 
     def __reduce__(self) -> tuple:
-        fn, args, kwargs = self.fn, self.args, self.kwargs
-        if _plain_task(fn, args, kwargs):
-            # Nothing for our pickler to do (the common tiny task): the
-            # executor's own pickler writes it, without a nested stream.
-            with self.lock:
-                self._mark_sent()
-            return _run, (fn, args, kwargs, self.key)
         buf = io.BytesIO()
         with self.lock:
             try:
-                _ArgPickler(buf, self.pool, self).dump((fn, args, kwargs))
+                _ArgPickler(buf, self.pool, self).dump((self.fn, self.args, self.kwargs))
             except Exception as exc:
                 # The task fails with this error on its future (_doom), as
                 # in the standard executor, but the executor's queue sees a
@@ -1421,6 +1486,11 @@ def _doom(call: _Call, error: BaseException) -> None:
         if call.done:               # settled already (the pool broke)
             return
         time.sleep(0.0005)
+    _fail(future, error)
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    """Make ``future`` fail with ``error`` when the executor settles it."""
     future._sa_error = error                         # type: ignore[attr-defined]
     future.__class__ = _DoomedFuture
 
@@ -1488,6 +1558,22 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
         pool = self._sa_pool
+        plain_call = _plain_call(fn, args, kwargs)
+        if plain_call is not None:
+            # Nothing to share (the common tiny task): the standard path as
+            # it is, without a _Call, a done callback or lease bookkeeping;
+            # the runner handles the result in the worker.  The key finds
+            # the future if the result's shared arrays cannot be attached.
+            runner, fn, args = plain_call
+            key = next(_keys)
+            pool.registering.add(key)
+            try:
+                future = super().submit(runner, key, fn, *args, **kwargs)
+                pool.plain[future] = key
+                future.add_done_callback(pool.forget)    # at once if done by now
+            finally:
+                pool.registering.discard(key)
+            return future
         batch = getattr(_batch, "current", None)
         call = _Call(fn, args, kwargs, pool, batch)
         pool.leases.submitted(batch)

@@ -1304,6 +1304,16 @@ def return_deleted(name: str) -> Any:
     return {"kept": 1, "arr": arr}
 
 
+def make_result_after(path: str, n: int, fill: float) -> np.ndarray:
+    wait_for_file(path)
+    return make_result(n, fill)
+
+
+def return_deleted_after(path: str, name: str) -> Any:
+    wait_for_file(path)
+    return return_deleted(name)
+
+
 @pytest.mark.parametrize("n", [SMALL, BIG])
 def test_worker_may_return_its_own_shared_arrays(pool, n):
     futs = [pool.submit(return_own_share, n, float(i)) for i in range(18)]
@@ -1504,20 +1514,113 @@ def test_tasks_with_nothing_to_share_are_recognised():
     by value or another object goes through our pickler."""
     import functools
     from concurrent.futures.process import _process_chunk
-    plain = sa_pool._plain_task
-    assert plain(square, (3,), {})
+
+    def plain(fn: Any, args: tuple, kwargs: dict) -> bool:
+        return sa_pool._plain_call(fn, args, kwargs) is not None
+
+    assert sa_pool._plain_call(square, (3,), {}) == (sa_pool._plain, square, (3,))
     assert plain(abs, (-3,), {"k": None})
-    assert plain(functools.partial(_process_chunk, square), (((1,), (2,)),), {})
+    chunk = ((1,), (2,))
+    assert (sa_pool._plain_call(functools.partial(_process_chunk, square), (chunk,), {})
+            == (sa_pool._plain_chunk, square, (chunk,)))
     assert not plain(square, (np.ones(3),), {})
     assert not plain(square, ([1, 2],), {})
     assert not plain(square, (1,), {"a": np.ones(3)})
     assert not plain(lambda x: x, (1,), {})
     assert not plain(functools.partial(_process_chunk, lambda x: x), (((1,),),), {})
     assert not plain(functools.partial(_process_chunk, square), (((np.ones(3),),),), {})
+    assert not plain(functools.partial(_process_chunk, square), (((1,), [2]),), {})
+    assert not plain(functools.partial(_process_chunk, square), ({(1,): 2},), {})
     assert not plain(functools.partial(square), (1,), {})
+    # Exact types only: subclasses and numpy scalars take our pickler.
+    assert plain(square, (None, True, 1, 1.5, 1j, "s", b"b"), {})
+    assert not plain(square, (np.float64(1.0),), {})
+    assert not plain(square, (Box(1),), {})
+    assert not plain(square, (type("Int", (int,), {})(1),), {})
 
 
 def test_map_of_plain_tasks_still_shares_large_results(pool):
     rs = list(pool.map(make_result, [BIG] * 3, [1.0, 2.0, 3.0], chunksize=2))
     assert [type(r) for r in rs] == [sa.ndarray] * 3
     assert [float(r[-1]) for r in rs] == [1.0, 2.0, 3.0]
+
+
+def _registered(ex: sa.ProcessPoolExecutor, fut: concurrent.futures.Future) -> bool:
+    """Whether ``fut`` is the pending future of a task with nothing to share."""
+    return fut in ex._sa_pool.plain
+
+
+def test_tasks_with_nothing_to_share_take_the_standard_path(pool, tmp_path):
+    """No _Call or lease for them, and their large results still come back
+    through shared memory (also a worker's own ``share()``)."""
+    flag = str(tmp_path / "go")
+    calls = set(sa_pool._calls)
+    fut = pool.submit(make_result_after, flag, BIG, 2.5)
+    own = pool.submit(return_own_share, BIG, 1.0)
+    assert _registered(pool, fut) and set(sa_pool._calls) <= calls
+    assert pool._sa_pool.leases.pending == 0
+    Path(flag).touch()
+    r = fut.result(timeout=60)
+    assert type(r) is sa.ndarray and r.flags.writeable and np.all(r == 2.5)
+    assert r.segment.name.startswith(f"sa-{os.getpid()}-")
+    r2 = own.result(timeout=60)
+    assert type(r2) is sa.ndarray and float(r2.sum()) == float(BIG)
+    del r, r2
+
+
+def test_futures_of_tasks_with_nothing_to_share_are_kept_until_done(pool, tmp_path):
+    """The executor holds such a future only as long as the standard one
+    does: until it is done."""
+    flag = str(tmp_path / "go")
+    waiting = pool.submit(wait_for_file, flag, 1)
+    done = [pool.submit(square, i) for i in range(20)]
+    assert [f.result(timeout=60) for f in done] == [i * i for i in range(20)]
+    assert wait_until(lambda: not any(_registered(pool, f) for f in done), 10)
+    assert _registered(pool, waiting)
+    refs = [weakref.ref(f) for f in done]
+    done.clear()
+    gc.collect()
+    assert all(r() is None for r in refs)
+    Path(flag).touch()
+    assert waiting.result(timeout=60) == 1
+    assert wait_until(lambda: not pool._sa_pool.plain and not pool._sa_pool.registering, 10)
+
+
+def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_path,
+                                                           shm_name):
+    """After ``shutdown(wait=False)`` and the executor's collection, such tasks
+    are counted as pending: the final sweep of results waits for them, and a
+    result that cannot be attached still fails its own future."""
+    flag = str(tmp_path / "go")
+    sa.from_array(shm_name, np.ones(SMALL))
+    gc.collect()
+    ex = new_pool(start_method, max_workers=1)
+    leases = ex._sa_pool.leases
+    futs = [ex.submit(make_result_after, flag, BIG, float(i)) for i in range(3)]
+    futs.append(ex.submit(return_deleted_after, flag, shm_name))
+    assert all(_registered(ex, f) for f in futs)
+    swept: list[list[bool]] = []
+    real = leases.on_cleanup
+
+    def recording() -> None:
+        swept.append([f.done() for f in futs])
+        real()
+
+    leases.on_cleanup = recording
+    ex.shutdown(wait=False)
+    ref = weakref.ref(ex)
+    del ex
+    assert wait_until(lambda: ref() is None, 10)    # collected: close() ran
+    assert leases.closed and leases.pending == 4 and not swept
+    Path(flag).touch()
+    rs = [f.result(timeout=60) for f in futs[:3]]
+    assert [type(r) for r in rs] == [sa.ndarray] * 3
+    assert [float(r[-1]) for r in rs] == [0.0, 1.0, 2.0]
+    with pytest.raises(FileNotFoundError):
+        futs[3].result(timeout=60)
+    assert wait_until(lambda: bool(swept), 10) and swept == [[True] * 4]
+    names = {r.segment.name for r in rs}
+    assert all(shm_exists(n) for n in names)        # swept, yet still ours
+    del rs
+    futs.clear()
+    assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()

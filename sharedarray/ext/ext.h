@@ -8,5 +8,6 @@
 PyObject *ext_watch_parent(PyObject *module, PyObject *args);
 PyObject *ext_start_time(PyObject *module, PyObject *arg);
 PyObject *ext_same_bytes(PyObject *module, PyObject *args);
+PyObject *ext_only_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

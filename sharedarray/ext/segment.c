@@ -1439,6 +1439,9 @@ static PyMethodDef ext_methods[] = {
      "start_time($module, pid, /)\n--\n\nThe start time of pid (clock ticks since boot); 0 if unknown."},
     {"same_bytes", ext_same_bytes, METH_VARARGS,
      "same_bytes($module, a, b, /)\n--\n\nWhether two contiguous buffers hold the same bytes."},
+    {"only_types", (PyCFunction)(void (*)(void))ext_only_types, METH_FASTCALL,
+     "only_types($module, items, types, rows, /)\n--\n\nWhether the tuple or list items "
+     "holds only objects of exactly these types (a tuple); with rows, only tuples of them."},
     {NULL, NULL, 0, NULL},
 };
 
