@@ -1561,9 +1561,10 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         plain_call = _plain_call(fn, args, kwargs)
         if plain_call is not None:
             # Nothing to share (the common tiny task): the standard path as
-            # it is, without a _Call, a done callback or lease bookkeeping;
-            # the runner handles the result in the worker.  The key finds
-            # the future if the result's shared arrays cannot be attached.
+            # it is, without a _Call, a lock or lease bookkeeping; the
+            # runner handles the result in the worker.  The key finds the
+            # future if the result's shared arrays cannot be attached; one
+            # done callback shared by all forgets it.
             runner, fn, args = plain_call
             key = next(_keys)
             pool.registering.add(key)
