@@ -1514,8 +1514,10 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         same, writable memory.
 
     A task sees each argument as of some moment at or after its
-    ``submit()``; one copy serves every task of a ``map()`` call and every
-    later task whose array still holds the same bytes.  Functions travel by
+    ``submit()``; one copy, made when the first task using it is sent,
+    serves every task of a ``map()`` call, every task submitted before it
+    was made, and every later task whose array still holds the same bytes.
+    Functions travel by
     reference where plain pickle can carry them, otherwise (lambdas,
     closures, functions missing from a worker's ``__main__``) by value with
     cloudpickle.
