@@ -301,16 +301,23 @@ if __name__ == "__main__":
 """
 
 
+def _run_with_warnings(size: str, text: str, start_method: str,
+                       tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run script ``text`` in a private ``/dev/shm`` of ``size`` with every
+    warning shown; its exit must be 0.  The process and its last JSON line."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    argv = sandboxed(size, [sys.executable, "-W", "always", str(script), start_method])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_released_result_gives_way_when_dev_shm_is_full(start_method, tmp_path):
     """Docker's 64 MiB /dev/shm: a released 12 MiB result kept for reuse is
     unlinked when the worker's 56 MiB result needs the room, with no fallback."""
     private_shm_prefix()                   # skips where not permitted
-    script = tmp_path / "room.py"
-    script.write_text(RESULT_ROOM_SCRIPT)
-    argv = sandboxed("64m", [sys.executable, "-W", "always", str(script), start_method])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, out = _run_with_warnings("64m", RESULT_ROOM_SCRIPT, start_method, tmp_path)
     assert out["ok"], out
     assert len(out["spares"]) == 1, out
     assert out["warnings"] == [], out
@@ -687,12 +694,7 @@ if __name__ == "__main__":
 
 
 def test_small_dev_shm_warns_once_per_process(start_method, tmp_path):
-    script = tmp_path / "warnings.py"
-    script.write_text(MANY_WARNINGS_SCRIPT)
-    argv = sandboxed("8m", [sys.executable, "-W", "always", str(script), start_method])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, out = _run_with_warnings("8m", MANY_WARNINGS_SCRIPT, start_method, tmp_path)
     assert out["ins"] == [float(i) * (1 << 22) for i in range(4)]
     assert out["outs"] == [float(i) * (1 << 22) for i in range(6)]
     assert out["parent"] == 1, out

@@ -859,6 +859,16 @@ def _inode(name: str) -> int:
     return os.stat(f"/dev/shm/{name}").st_ino
 
 
+def _assert_never_reused(ex: sa.ProcessPoolExecutor, ino: int) -> None:
+    """The dropped result with inode ``ino`` became a spare; the next results
+    of its size come right and are never written into it."""
+    assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
+    for k in range(2, 6):
+        rk = ex.submit(make_result, BIG, float(k)).result()
+        assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
+        del rk
+
+
 def fortran_ints(n: int) -> np.ndarray:
     return np.asfortranarray(np.arange(n, dtype=np.int64).reshape(4, -1))
 
@@ -948,11 +958,7 @@ def test_result_a_worker_keeps_is_never_recycled(start_method):
         name, ino = r.segment.name, _inode(r.segment.name)
         assert ex.submit(keep_input, r).result() == name
         del r
-        assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
-        for k in range(2, 6):
-            rk = ex.submit(make_result, BIG, float(k)).result()
-            assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
-            del rk
+        _assert_never_reused(ex, ino)
         assert ex.submit(kept_sums).result() == [1.0 * BIG]
     assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
@@ -969,11 +975,7 @@ def test_result_a_third_process_maps_is_never_recycled(start_method):
             inbox.put(r)
             assert outbox.get(timeout=60) == ("got", 1.0 * BIG, 1.0)
             del r
-            assert wait_until(lambda: len(_result_spares(ex)) == 1, 10)
-            for k in range(2, 6):
-                rk = ex.submit(make_result, BIG, float(k)).result()
-                assert _inode(rk.segment.name) != ino and np.all(rk == float(k))
-                del rk
+            _assert_never_reused(ex, ino)
             inbox.put("report")
             assert outbox.get(timeout=60) == ("now", 1.0 * BIG, 1.0)
     finally:
