@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -144,6 +145,25 @@ POPULATE_MIN = 1 << 20
 
 # create()'s (shape, dtype, order) -> normalised layout and header dict text
 _layout_cache: dict[tuple, tuple] = {}
+
+# Callables that unlink shared memory this process keeps only for reuse (the
+# executor's released copies and results); each says whether it freed any.
+_space_keepers: _builtin_list[Callable[[], bool]] = []
+
+
+def keep_space_for_reuse(release: Callable[[], bool]) -> None:
+    """Register ``release``: called when a segment in /dev/shm cannot be
+    created for want of space, to unlink what this process keeps only for
+    reuse, before the creation is tried once more."""
+    _space_keepers.append(release)
+
+
+def _free_kept_space() -> bool:
+    """Unlink the segments kept for reuse; whether any was."""
+    freed = False
+    for release in _space_keepers:
+        freed |= release()
+    return freed
 
 
 # ---------------------------------------------------------------- ndarray
@@ -363,17 +383,21 @@ def create_segment(name: str, shape: Any, dtype: Any = float, *, order: str = "C
     if size > sys.maxsize:
         raise ValueError(f"cannot create {name!r}: {nbytes} bytes is too large")
     tmp = _names.staging_path(p.dir, token, me)
-    try:
-        # Pre-fault large shm segments (fallocate already allocated the
-        # pages); never a file on disk, where populating would read the
-        # whole file in.
-        seg = _ext.create(p.canon, p.path, p.kind, size, header, mode,
-                          p.kind == _ext.KIND_SHM and size >= POPULATE_MIN,
-                          p.fspath, p.dir, tmp, data)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise _no_space(exc, name, p, size, temporary) from None
-        raise
+    shm = p.kind == _ext.KIND_SHM
+    for attempt in (0, 1):
+        try:
+            # Pre-fault large shm segments (fallocate already allocated the
+            # pages); never a file on disk, where populating would read the
+            # whole file in.
+            seg = _ext.create(p.canon, p.path, p.kind, size, header, mode,
+                              shm and size >= POPULATE_MIN,
+                              p.fspath, p.dir, tmp, data)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            if not (attempt == 0 and shm and _free_kept_space()):
+                raise _no_space(exc, name, p, size, temporary) from None
     seg.meta = Meta(dt, shape, fortran, len(header), nbytes, token, pid,
                     _names.BOOT_ID, time.time(), temporary, _names.SHM_DEV,
                     _names.PID_NS)

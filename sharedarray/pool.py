@@ -114,6 +114,7 @@ from . import _ext, _names
 from ._names import REFILLABLE_SUFFIX, SHM_DIR, TRACKER_TYPE, discard, fs_path, shm_path
 from .core import (
     Segment,
+    keep_space_for_reuse,
     lock_exclusive,
     ndarray,
     refill_segment,
@@ -373,19 +374,17 @@ class _ResultPickler(pickle.Pickler):
         handle = _into_spare(obj, name, self.created)
         if handle is not None:
             return _adopt_in_parent, handle
-        for attempt in (0, 1):
-            name = _names.result_name(_config.prefix)
-            try:
-                seg = share_segment(obj, owner=_config.owner, name=name)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if attempt == 0 and _drop_spares():
-                    continue          # released results were in the way
-                _warn_fallback(obj, exc)
-                self.full = True
-                return np.asarray, (obj.view(np.ndarray),)
-            break
+        name = _names.result_name(_config.prefix)
+        try:
+            # Full: the parent's released results were unlinked and the
+            # creation tried again (_free_spares) before this raises.
+            seg = share_segment(obj, owner=_config.owner, name=name)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _warn_fallback(obj, exc)
+            self.full = True
+            return np.asarray, (obj.view(np.ndarray),)
         self.created.append(name)
         return _adopt_in_parent, handle_of(wrap(seg), remember=False)
 
@@ -502,7 +501,7 @@ def _into_spare(obj: np.ndarray, name: str, created: list[str]) -> tuple | None:
             tracker.unregister(path, TRACKER_TYPE)
 
 
-def _drop_spares() -> bool:
+def _drop_result_spares() -> bool:
     """Worker, shared memory full: unlink the results the parent keeps for
     reuse (it forgets them when it next looks), to make room."""
     start = _config.prefix + "s"
@@ -695,6 +694,21 @@ class _Spares:
             janitor.cancel()
             if janitor is not threading.current_thread():
                 janitor.join()        # gone when shutdown() returns
+        for spare in spares:
+            spare.release()
+        return bool(spares)
+
+    def empty(self) -> bool:
+        """Shared memory is full: unlink every spare; whether there was one.
+        Called from inside any creation, perhaps while this thread holds
+        the lock (a finalizer run by the garbage collector): then, after a
+        second, it gives up rather than wait for itself."""
+        if not self.lock.acquire(timeout=1.0):
+            return False
+        try:
+            spares, self.spares = self.spares, []
+        finally:
+            self.lock.release()
         for spare in spares:
             spare.release()
         return bool(spares)
@@ -987,6 +1001,21 @@ def _forget_janitors() -> None:
     _all_spares.clear()
 
 
+def _free_spares() -> bool:
+    """Shared memory is full (any creation in this process, the user's
+    too): unlink every segment kept only for reuse - this process's spares
+    and, in a worker, its parent's released results; whether any was."""
+    freed = False
+    for spares in list(_all_spares):
+        freed |= spares.empty()
+    if _config.prefix:
+        freed |= _drop_result_spares()
+    return freed
+
+
+keep_space_for_reuse(_free_spares)
+
+
 # Registered after reduction's hooks, so it runs before them: a janitor may
 # be unlinking a spare (a resource tracker call) and must finish first.
 os.register_at_fork(before=_stop_janitors, after_in_parent=_restart_janitors,
@@ -1048,11 +1077,9 @@ def _same_contents(arr: np.ndarray, copy: np.ndarray) -> bool:
 class _Leases:
     """The parent's shared copies of plain arrays, and the tasks using them."""
 
-    def __init__(self, spares: _Spares, on_cleanup: Callable[[], None],
-                 on_full: Callable[[], bool]) -> None:
+    def __init__(self, spares: _Spares, on_cleanup: Callable[[], None]) -> None:
         self.spares = spares
         self.on_cleanup = on_cleanup
-        self.on_full = on_full                 # frees other kept segments
         self.lock = threading.Lock()
         self.current: dict[int, _Lease] = {}   # id(source) -> its newest copy
         self.pending = 0      # _Call tasks submitted and not done (see _Pool.close)
@@ -1102,18 +1129,16 @@ class _Leases:
         spare = self.spares.reuse(arr) or self.spares.refill(arr)
         if spare is not None:
             return spare.seg, spare.release
-        for attempt in (0, 1):
-            try:
-                seg = share_segment(arr, refillable=True)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if attempt == 0 and (self.spares.clear() | self.on_full()):
-                    continue          # the spares were in the way
-                _warn_fallback(arr, exc)
-                return None, None
-            return seg, own(seg, registered=True)
-        return None, None
+        try:
+            # Full: every spare of this process was unlinked and the
+            # creation tried again (_free_spares) before this raises.
+            seg = share_segment(arr, refillable=True)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _warn_fallback(arr, exc)
+            return None, None
+        return seg, own(seg, registered=True)
 
     def release(self, leases: list[_Lease]) -> None:
         """Tasks using ``leases`` are done: keep or unlink unused copies."""
@@ -1202,7 +1227,7 @@ class _Pool:
         self.spares = _Spares(_SPARES, budget, _SPARE_TTL)
         self.results = _ResultSpares(self.prefix, _SPARES, budget, _SPARE_TTL)
         _result_spares[self.prefix] = self.results
-        self.leases = _Leases(self.spares, self.end_results, self.results.empty)
+        self.leases = _Leases(self.spares, self.end_results)
         self.functions = _FunctionCache(_FUNCTIONS)
         # Tasks with nothing to share: future -> key, from submit() until
         # done (the executor holds them as long); the keys submit() is

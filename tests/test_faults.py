@@ -433,6 +433,88 @@ def test_spare_copy_gives_way_when_dev_shm_is_full(start_method, tmp_path):
     assert out["left"] == [], out
 
 
+KEPT_SCRIPT = r'''
+import json, os, sys, time, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+MiB = 1 << 20
+
+
+def build(n):
+    return np.full(n, 2.0)
+
+
+def total(x):
+    return float(x.sum())
+
+
+def create_here(name, nbytes):
+    arr = sa.create(name, nbytes // 8)
+    arr[-1] = 1.0
+    ok = float(arr[-1]) == 1.0
+    del arr
+    sa.delete(name)
+    return ok
+
+
+def kept():
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("sa-"))
+
+
+def keep_two(ex):
+    """A released 12 MiB input copy and a released 12 MiB result, both kept."""
+    before = set(kept())
+    assert ex.submit(total, np.ones((12 * MiB) // 8)).result() == (12 * MiB) // 8
+    r = ex.submit(build, (12 * MiB) // 8).result()
+    assert float(r[-1]) == 2.0
+    del r
+    deadline = time.monotonic() + 30
+    while len(set(kept()) - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return kept()
+
+
+if __name__ == "__main__":
+    out = {}
+    with sa.ProcessPoolExecutor(1, mp.get_context(sys.argv[1])) as ex:
+        out["kept_parent"] = keep_two(ex)
+        # 12 + 12 + 48 MiB do not fit in 64 MiB: the user's create in the
+        # parent unlinks both kept segments and succeeds.
+        out["parent"] = create_here("shm://big-parent", 48 * MiB)
+        out["after_parent"] = kept()
+        out["kept_worker"] = keep_two(ex)
+        # In a worker: the parent's released result goes, its input copy
+        # stays (only its owner may unlink it); 12 + 48 MiB fit.
+        out["worker"] = ex.submit(create_here, "shm://big-worker", 48 * MiB).result()
+        out["after_worker"] = kept()
+    out["left"] = sorted(os.listdir("/dev/shm"))
+    print(json.dumps(out))
+'''
+
+
+def test_a_full_dev_shm_unlinks_what_executors_keep_for_reuse(start_method, tmp_path):
+    """Docker's 64 MiB /dev/shm: a user's own ``sa.create``, in the parent or
+    in a task, does not fail for want of the space an executor keeps in
+    released copies and results: those are unlinked and the creation tried
+    again."""
+    private_shm_prefix()                   # skips where not permitted
+    script = tmp_path / "kept.py"
+    script.write_text(KEPT_SCRIPT)
+    argv = sandboxed("64m", [sys.executable, str(script), start_method])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["kept_parent"]) == 2, out
+    assert out["parent"] is True and out["after_parent"] == [], out
+    assert len(out["kept_worker"]) == 2, out
+    assert out["worker"] is True, out
+    result_spares = [n for n in out["kept_worker"] if n.endswith("-r") and "x" in n]
+    assert len(out["after_worker"]) == 1 and out["after_worker"][0] not in result_spares, out
+    assert out["left"] == [], out
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------- many cycles
 
 CYCLES_SCRIPT = r'''

@@ -750,6 +750,27 @@ def test_spares_are_bounded_and_expire(start_method):
         assert len(_spares(ex)) <= 1
 
 
+def test_a_full_dev_shm_empties_spares_even_from_inside_their_lock():
+    """A creation that finds /dev/shm full unlinks the executors' spares
+    (``_free_spares``).  It can run in a thread that holds a spares lock
+    (a finalizer run by the garbage collector there): that pool's spares
+    are then left alone, without a deadlock, and the others still go."""
+    with new_pool("fork", max_workers=1) as ex, new_pool("fork", max_workers=1) as other:
+        for pool in (ex, other):
+            pool._sa_pool.spares.ttl = 60.0
+            assert pool.submit(describe, _big(1.0)).result()["sum"] == float(_big(1.0).sum())
+        assert wait_until(lambda: _idle(ex) and _idle(other), 10)
+        mine, theirs = _spares(ex), _spares(other)
+        assert len(mine) == 1 and len(theirs) == 1
+        with ex._sa_pool.spares.lock:
+            assert sa_pool._free_spares() is True
+        assert _spares(ex) == mine and os.path.exists(f"/dev/shm/{mine[0]}")
+        assert _spares(other) == [] and not os.path.exists(f"/dev/shm/{theirs[0]}")
+        assert sa_pool._free_spares() is True          # free again: they go now
+        assert _spares(ex) == [] and not os.path.exists(f"/dev/shm/{mine[0]}")
+        assert sa_pool._free_spares() is False         # nothing left to free
+
+
 # A process outside the pool that receives a worker's input (its own pool,
 # a Queue, a Manager) and keeps it: the copy must never change under it.
 
