@@ -187,12 +187,18 @@ def result_prefix(name: str) -> str:
     return name[:-RESULT_TAIL]
 
 
+def spare_prefix(prefix: str) -> str:
+    """The start of every :func:`spare_name` of the executor ``prefix``, and
+    of no result name (those go on in hexadecimal digits)."""
+    return prefix + "s"
+
+
 def spare_name(prefix: str, size: int, slot: int) -> str | None:
     """The name of a released result of ``size`` bytes kept for reuse by the
     executor ``prefix``, in ``slot`` (a digit); None when it would be too
     long (objects of 1 TiB and more with a 7-digit pid).  A worker finds
     the spares of its result's size by these names."""
-    name = f"{prefix}s{size:x}{slot}{REFILLABLE_SUFFIX}"
+    name = f"{spare_prefix(prefix)}{size:x}{slot}{REFILLABLE_SUFFIX}"
     return name if len(name) <= MAX_GENERATED_NAME else None
 
 
@@ -207,6 +213,20 @@ def tracker() -> Any:
     most programs that only create and attach arrays never need it)."""
     from multiprocessing import resource_tracker
     return resource_tracker
+
+
+def sweep(name: str) -> None:
+    """Unlink the temporary ``name`` that nobody owns, and drop it from the
+    resource tracker only if this did unlink it: when the name is gone
+    already, whoever removed it had the right to, and drops it."""
+    try:
+        _ext.unlink(name, "/" + name, _ext.KIND_SHM)
+    except OSError:
+        return
+    try:
+        tracker().unregister("/" + name, TRACKER_TYPE)
+    except Exception:
+        pass
 
 
 def discard(name: str, unlink: Any = _ext.unlink, unregister: Any = None) -> None:

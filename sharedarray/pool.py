@@ -87,6 +87,8 @@ done callback take.
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import concurrent.futures
 import errno
 import functools
@@ -131,6 +133,7 @@ from .reduction import (
     handle_written,
     own,
     owned_here,
+    owners_pending,
     rebuild_ndarray,
     reduce_ndarray,
     share_segment,
@@ -504,7 +507,7 @@ def _into_spare(obj: np.ndarray, name: str, created: list[str]) -> tuple | None:
 def _drop_result_spares() -> bool:
     """Worker, shared memory full: unlink the results the parent keeps for
     reuse (it forgets them when it next looks), to make room."""
-    start = _config.prefix + "s"
+    start = _names.spare_prefix(_config.prefix)
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -592,6 +595,52 @@ class _Spare(NamedTuple):
     array: np.ndarray | None = None   # the copy, as our view of it
 
 
+class _Janitor:
+    """Calls ``fn()`` in a thread of its own after ``delay`` seconds, unless
+    stopped first.
+
+    Started without waiting for the thread to run, unlike
+    ``threading.Timer``: its callers hold a lock, and a new thread may
+    first run a finalizer (a garbage collection in its start-up) that
+    waits for that same lock, while ``Thread.start()`` waits for the
+    thread.  ``RuntimeError`` when no thread can start (interpreter exit)."""
+
+    def __init__(self, delay: float, fn: Callable[[], None]) -> None:
+        self.stopping = threading.Event()
+        self.ident = 0
+        self.done = _thread.allocate_lock()
+        self.done.acquire()                  # released when the thread ends
+        try:
+            _thread.start_new_thread(self._run, (max(delay, 0.0), fn))
+        except BaseException:
+            self.done.release()
+            raise
+
+    def _run(self, delay: float, fn: Callable[[], None]) -> None:
+        self.ident = _thread.get_ident()
+        try:
+            if not self.stopping.wait(delay):
+                fn()
+        finally:
+            self.done.release()
+
+    def stop(self) -> None:
+        """Cancel it and, unless called from its own thread (``fn``), wait
+        until the thread has ended."""
+        self.stopping.set()
+        self.join()
+
+    def join(self) -> None:
+        """Wait until the thread has ended (not from the thread itself)."""
+        if self.ident != _thread.get_ident():
+            with self.done:
+                pass
+
+    def running(self) -> bool:
+        """Whether the thread has not ended yet."""
+        return self.done.locked()
+
+
 class _Spares:
     """Released input copies kept a few seconds to take the next array of
     their size: refilling one costs a memcpy, a new segment several.
@@ -606,7 +655,7 @@ class _Spares:
         self.ttl = ttl
         self.lock = threading.Lock()
         self.spares: list[_Spare] = []
-        self.janitor: threading.Timer | None = None
+        self.janitor: _Janitor | None = None
         _all_spares.add(self)
 
     def put(self, seg: Segment, release: weakref.finalize,
@@ -691,9 +740,7 @@ class _Spares:
             spares, self.spares = self.spares, []
             janitor, self.janitor = self.janitor, None
         if janitor is not None:
-            janitor.cancel()
-            if janitor is not threading.current_thread():
-                janitor.join()        # gone when shutdown() returns
+            janitor.stop()            # gone when shutdown() returns
         for spare in spares:
             spare.release()
         return bool(spares)
@@ -731,18 +778,17 @@ class _Spares:
     def _arm(self, delay: float) -> None:
         # A thread only while spares wait.
         if self.janitor is None:
-            self.janitor = threading.Timer(max(delay, 0.0), self._expire)
-            self.janitor.daemon = True
-            self.janitor.name = "sharedarray-spares"
-            self.janitor.start()
+            try:
+                self.janitor = _Janitor(delay, self._expire)
+            except RuntimeError:      # interpreter exit: unlinked by close()
+                pass
 
     def pause(self) -> None:
         """Stop the timer thread (before a fork)."""
         with self.lock:
             janitor, self.janitor = self.janitor, None
-        if janitor is not None and janitor is not threading.current_thread():
-            janitor.cancel()
-            janitor.join()
+        if janitor is not None:
+            janitor.stop()
 
     def resume(self) -> None:
         """Restart the timer thread if spares wait (after a fork, in the parent)."""
@@ -792,7 +838,7 @@ class _ResultSpares:
         self.holder = 0               # the thread in a section
         self.kept: list[_Kept] = []
         self.closed = False
-        self.janitor: threading.Timer | None = None
+        self.janitor: _Janitor | None = None
         _all_spares.add(self)
 
     # -- sections
@@ -809,7 +855,7 @@ class _ResultSpares:
             if self.closed:           # perhaps closed from inside this section
                 self._unlink_all()
                 if self.janitor is not None:
-                    self.janitor.cancel()
+                    self.janitor.stopping.set()
                     self.janitor = None
         finally:
             self.holder = 0
@@ -911,14 +957,10 @@ class _ResultSpares:
     def _arm(self, delay: float) -> bool:
         # A thread only while spares wait; none can start at interpreter exit.
         if self.janitor is None:
-            janitor = threading.Timer(max(delay, 0.0), self._expire)
-            janitor.daemon = True
-            janitor.name = "sharedarray-result-spares"
             try:
-                janitor.start()
+                self.janitor = _Janitor(delay, self._expire)
             except RuntimeError:
                 return False
-            self.janitor = janitor
         return True
 
     def empty(self) -> bool:
@@ -943,9 +985,7 @@ class _ResultSpares:
         finally:
             self._leave()
         if janitor is not None:
-            janitor.cancel()
-            if janitor is not threading.current_thread():
-                janitor.join()        # gone when shutdown() returns
+            janitor.stop()            # gone when shutdown() returns
 
     def names(self) -> list[str]:
         """The spares kept now."""
@@ -965,9 +1005,8 @@ class _ResultSpares:
             janitor, self.janitor = self.janitor, None
         finally:
             self._leave()
-        if janitor is not None and janitor is not threading.current_thread():
-            janitor.cancel()
-            janitor.join()
+        if janitor is not None:
+            janitor.stop()
 
     def resume(self) -> None:
         """Restart the timer thread if spares wait (after a fork, in the parent)."""
@@ -1247,7 +1286,11 @@ class _Pool:
     def close(self) -> None:
         """Shut down or collected.  Tasks with nothing to share were not
         counted as pending; those not done yet are counted now, so that the
-        clean-up does not sweep results still on their way."""
+        clean-up does not sweep results still on their way.  In a forked
+        child (its copy of an executor collected there) it does nothing:
+        the spares and results are its parent's."""
+        if os.getpid() != self.pid:
+            return
         running = [future for future in list(self.plain) if not future.done()]
         self.leases.close(len(running))
         for future in running:
@@ -1265,16 +1308,24 @@ class _Pool:
         self.sweep_results()
 
     def sweep_results(self) -> None:
-        """Unlink results that never reached us (a worker died, the pool broke)."""
+        """Unlink results that never reached us (a worker died, the pool broke).
+        Spares are not results: ``self.results`` alone unlinks those (and
+        unregisters them, once), perhaps after this returns, if this runs
+        inside one of its sections (the executor collected there)."""
+        spares = _names.spare_prefix(self.prefix)
         try:
             names = os.listdir(SHM_DIR)
         except OSError:
             return
+        # An attached result is released by its owner, perhaps at this very
+        # moment in another thread (it died there): not swept.
+        owned = owners_pending()
         for name in names:
-            if name.startswith(self.prefix):
+            if (name.startswith(self.prefix) and not name.startswith(spares)
+                    and name not in owned):
                 ref = _cache.get(name)
                 if ref is None or ref() is None:
-                    discard(name)
+                    _names.sweep(name)
 
 
 _all_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
@@ -1522,6 +1573,48 @@ def _fail(future: Future, error: BaseException) -> None:
 
 # ---------------------------------------------------------------- the executor
 
+_exiting = False
+# Clean-ups of collected executors, some under way.  Changed by single set
+# operations, atomic: a collection can run anywhere, inside a lock too.
+_closing: set[_Janitor] = set()
+
+
+def _note_exit() -> None:
+    """At exit: clean-ups from now on are done in place, and those under way
+    finish first (their threads would not outlive the interpreter)."""
+    global _exiting
+    _exiting = True
+    for janitor in list(_closing):
+        janitor.join()
+
+
+@functools.cache
+def _watch_exit() -> None:
+    """Note the interpreter's exit before any executor's finalizer runs then
+    (registered after the first ``weakref.finalize``, so called before
+    them: exit functions run last registered first)."""
+    atexit.register(_note_exit)
+
+
+def _close_collected(pool: _Pool) -> None:
+    """The executor was garbage-collected, or the interpreter exits: clean
+    up.  A collection can run inside any section of ours, in the thread
+    holding its lock, which this must wait for: the work goes to a new
+    thread, which waits until the section has ended.  At exit, where a new
+    thread would not finish, it is done here."""
+    if not _exiting:
+        try:
+            janitor = _Janitor(0.0, pool.close)
+        except RuntimeError:
+            pass
+        else:
+            for done in [j for j in list(_closing) if not j.running()]:
+                _closing.discard(done)
+            _closing.add(janitor)
+            return
+    pool.close()
+
+
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` that shares numpy arrays.
 
@@ -1580,7 +1673,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         super().__init__(max_workers, mp_context, _worker_init,
                          (pool.config(), _ext.start_time(pool.pid), initializer,
                           initargs), **kwargs)
-        self._sa_finalizer = weakref.finalize(self, pool.close)
+        self._sa_finalizer = weakref.finalize(self, _close_collected, pool)
+        _watch_exit()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
@@ -1636,4 +1730,5 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         """As the standard ``shutdown``; with ``wait``, also unlinks temporaries."""
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
-            self._sa_finalizer()
+            if self._sa_finalizer.detach() is not None:     # not run yet
+                self._sa_pool.close()

@@ -35,6 +35,7 @@ import contextvars
 import copyreg
 import errno
 import functools
+import itertools
 import os
 import sys
 import threading
@@ -529,15 +530,33 @@ def rebuild_in_flight(dup: Any, name: str, token: str | None, boot: str | None,
 
 # ---------------------------------------------------------------- share()
 
+# (name, serial) of each owned segment whose finalizer has not finished:
+# its name is not an orphan to sweep (see owners_pending).  Changed only by
+# single set operations, atomic: finalizers run anywhere, inside locks too.
+_pending: set[tuple[str, int]] = set()
+_serials = itertools.count()
+
+
 def _release(name: str, pid: int, unregister: Any, discard: Any = _names.discard,
-             getpid: Any = os.getpid) -> None:
+             getpid: Any = os.getpid, serial: int = -1,
+             pending: set = _pending) -> None:
     """Finalizer of an owned segment: unlink it and tell the tracker.
 
     Bound arguments only: finalizers may run at interpreter shutdown.  A
     forked child inherits the finalizer but must not act on it.
     """
-    if getpid() == pid:
-        discard(name, unregister=unregister)
+    try:
+        if getpid() == pid:
+            discard(name, unregister=unregister)
+    finally:
+        pending.discard((name, serial))
+
+
+def owners_pending() -> set[str]:
+    """The names of the segments this process owns that it has not released
+    yet (released: unlinked, or handed on, and dropped from the tracker),
+    whether or not the segment object still lives."""
+    return {name for name, _ in list(_pending)}
 
 
 # Segment -> (finalizer, pid) for the segments this process owns.  own() is
@@ -607,11 +626,14 @@ def own(seg: Segment, registered: bool = False,
         if not registered:
             tracker.register(_names.shm_path(seg.name), _names.TRACKER_TYPE)
         watched: Any = seg
-        extra: tuple = ()
+        how: Any = _names.discard
         if release is not None:
             watched = seg.after_unmap = _Unmapped()
-            extra = (release,)
-        fin = weakref.finalize(watched, _release, seg.name, pid, tracker.unregister, *extra)
+            how = release
+        serial = next(_serials)
+        _pending.add((seg.name, serial))
+        fin = weakref.finalize(watched, _release, seg.name, pid, tracker.unregister, how,
+                               os.getpid, serial)
         _owned[seg] = (fin, pid)
         return fin
 

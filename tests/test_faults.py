@@ -515,6 +515,62 @@ def test_a_full_dev_shm_unlinks_what_executors_keep_for_reuse(start_method, tmp_
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+COLLECTED_SCRIPT = r'''
+import gc, json, os, sys, multiprocessing as mp
+import numpy as np
+import sharedarray as sa
+
+
+def build(n, k):
+    return np.full(n, float(k))
+
+
+class Cycle:
+    """Keeps an executor in a reference cycle: only the collector frees it."""
+
+    def __init__(self, ex):
+        self.ex = ex
+        self.me = self
+
+
+if __name__ == "__main__":
+    gc.set_threshold(5, 1, 1)        # collections everywhere, in every thread
+    ctx = mp.get_context(sys.argv[1])
+    for i in range(int(sys.argv[2])):
+        ex = sa.ProcessPoolExecutor(2, ctx)
+        c = Cycle(ex)
+        for _ in range(2):
+            rs = [f.result() for f in [ex.submit(build, 300_000, j) for j in range(6)]]
+            assert [float(r[-1]) for r in rs] == [float(j) for j in range(6)]
+            del rs                   # released results become spares
+        ex.shutdown(wait=(i % 2 == 0))
+        del ex, c
+    gc.collect()
+    print(json.dumps({"ok": True}))
+'''
+
+
+def test_executors_collected_in_cycles_while_the_collector_runs_everywhere(
+        start_method, tmp_path):
+    """Executors dropped in reference cycles, half without waiting, with the
+    cyclic collector running at almost every allocation: in the parent a
+    collection (and so an executor's clean-up) can come inside one of our
+    locked sections or in a thread being started; in a forked worker it
+    collects the worker's copy of an earlier executor.  No hang, no
+    double unregister (the tracker's KeyError traceback), nothing leaked."""
+    script = tmp_path / "collected.py"
+    script.write_text(COLLECTED_SCRIPT)
+    cycles = "60" if start_method == "fork" else "8"
+    # A hang (the deadlocks this guards against) fails here, before the
+    # suite's own per-test timeout.
+    proc = subprocess.run([sys.executable, str(script), start_method, cycles],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ok": True}
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"sa-{proc.pid}-")]
+
+
 # ---------------------------------------------------------------- many cycles
 
 CYCLES_SCRIPT = r'''

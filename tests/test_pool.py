@@ -750,6 +750,50 @@ def test_spares_are_bounded_and_expire(start_method):
         assert len(_spares(ex)) <= 1
 
 
+_inherited: Any = None
+
+
+def _collect_inherited_executor() -> None:
+    """A forked child: what its garbage collector does with the copy of an
+    executor it inherited (run its finalizer), and an explicit close."""
+    _inherited._sa_finalizer()
+    _inherited._sa_pool.close()
+    for janitor in list(sa_pool._closing):
+        janitor.join()
+
+
+def test_a_forked_child_leaves_its_parents_executor_alone():
+    """A forked child (a worker, or any process the program forks) that
+    collects its copy of an executor must not unlink the parent's kept
+    copies and results, nor sweep its results: they are the parent's."""
+    global _inherited
+    with _keep_spares(new_pool("fork", max_workers=1)) as ex:
+        name = _first_copy(ex, describe, _big(1.0))["segment"]
+        r = ex.submit(make_result, BIG, 2.0).result()
+        result = r.segment.name
+        del r
+        assert wait_until(lambda: len(ex._sa_pool.results.names()) == 1, 10)
+        kept = ex._sa_pool.results.names()
+        before = sorted(own_temporaries())
+        assert name in before and kept[0] in before and result not in before
+        _inherited = ex
+        try:
+            child = mp.get_context("fork").Process(target=_collect_inherited_executor)
+            child.start()
+            child.join(60)
+        finally:
+            _inherited = None
+        assert child.exitcode == 0
+        assert sorted(own_temporaries()) == before
+        assert ex._sa_pool.results.names() == kept
+        # Both still serve: the same copy for the next array of its size,
+        # the kept result's pages for the next result.
+        assert ex.submit(describe, _big(3.0)).result()["segment"] == name
+        again = ex.submit(make_result, BIG, 4.0).result()
+        assert float(again[-1]) == 4.0 and kept[0] not in own_temporaries()
+        del again
+
+
 def test_a_full_dev_shm_empties_spares_even_from_inside_their_lock():
     """A creation that finds /dev/shm full unlinks the executors' spares
     (``_free_spares``).  It can run in a thread that holds a spares lock
