@@ -1036,8 +1036,10 @@ def _restart_janitors() -> None:
 
 
 def _forget_janitors() -> None:
-    # The child: the parent's spares are not its own, nor is their thread.
+    # The child: the parent's spares are not its own, nor their threads, nor
+    # the clean-ups under way there (never to end here: not to wait for).
     _all_spares.clear()
+    _closing.clear()
 
 
 def _free_spares() -> bool:

@@ -1691,3 +1691,30 @@ def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_pa
     del rs
     futs.clear()
     assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
+
+
+FORK_DURING_CLOSE = r'''
+import os, sys, threading
+import sharedarray as sa
+import sharedarray.pool as sa_pool
+
+ex = sa.ProcessPoolExecutor(1)
+go = threading.Event()
+# A clean-up of a collected executor under way in a thread of its own.
+sa_pool._closing.add(sa_pool._Janitor(0.0, go.wait))
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)          # exit functions run: the parent's clean-up is not awaited
+_, status = os.waitpid(pid, 0)
+go.set()
+ex.shutdown()
+print("child", os.waitstatus_to_exitcode(status))
+'''
+
+
+def test_a_forked_child_does_not_wait_for_its_parents_clean_ups():
+    """A child forked while a collected executor's clean-up runs in its own
+    thread exits normally: that thread is not in the child, and the child's
+    exit does not wait for it (the parent's does)."""
+    proc = run_python(FORK_DURING_CLOSE, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "child 0", proc.stdout + proc.stderr
