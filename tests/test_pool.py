@@ -1677,8 +1677,9 @@ def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_pa
     ex.shutdown(wait=False)
     ref = weakref.ref(ex)
     del ex
-    assert wait_until(lambda: ref() is None, 10)    # collected: close() ran
-    assert leases.closed and leases.pending == 4 and not swept
+    assert wait_until(lambda: ref() is None, 10)    # collected: close() runs,
+    assert wait_until(lambda: leases.closed, 10)     # in a thread of its own
+    assert leases.pending == 4 and not swept
     Path(flag).touch()
     rs = [f.result(timeout=60) for f in futs[:3]]
     assert [type(r) for r in rs] == [sa.ndarray] * 3
