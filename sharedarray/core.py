@@ -159,10 +159,14 @@ def keep_space_for_reuse(release: Callable[[], bool]) -> None:
 
 
 def _free_kept_space() -> bool:
-    """Unlink the segments kept for reuse; whether any was."""
+    """Unlink the segments kept for reuse; whether any was.  A keeper that
+    fails frees nothing: the creation then reports the lack of space."""
     freed = False
     for release in _space_keepers:
-        freed |= release()
+        try:
+            freed |= release()
+        except Exception:
+            pass
     return freed
 
 

@@ -1345,6 +1345,55 @@ def test_full_shm_error_for_share_does_not_suggest_file_names(shm_name, monkeypa
     assert "file://" in str(e.value)
 
 
+def test_a_full_dev_shm_asks_the_space_keepers_once(shm_name, tmp_path, monkeypatch):
+    """ENOSPC in /dev/shm: every registered keeper of reusable segments is
+    asked to free space (one that fails counts as freeing nothing) and the
+    creation is tried once more, only if one did.  A file on disk is not
+    helped by unlinking shared memory: no keeper is asked."""
+    from sharedarray import _ext
+    from sharedarray import core as sa_core
+
+    real = _ext.create
+    calls: list[str] = []
+
+    def full_once(*args, **kwargs):
+        calls.append("create")
+        if calls.count("create") == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    def broken() -> bool:
+        calls.append("broken")
+        raise RuntimeError("a keeper with a bug")
+
+    freed = [True]
+
+    def keeper() -> bool:
+        calls.append("keeper")
+        return freed[0]
+
+    monkeypatch.setattr(sa_core, "_space_keepers", [broken, keeper])
+    monkeypatch.setattr(_ext, "create", full_once)
+    arr = sa.create(shm_name, 10)
+    assert calls == ["create", "broken", "keeper", "create"]
+    assert arr.shape == (10,) and not arr.any()
+    del arr
+    sa.delete(shm_name)
+
+    calls.clear()
+    freed[0] = False                      # nothing to free: the error at once
+    with pytest.raises(OSError) as e:
+        sa.create(shm_name, 10)
+    assert e.value.errno == errno.ENOSPC and "--shm-size" in str(e.value)
+    assert calls == ["create", "broken", "keeper"] and not sa.exists(shm_name)
+
+    calls.clear()
+    on_disk = f"file://{tmp_path}/x"
+    with pytest.raises(OSError) as e:
+        sa.create(on_disk, 10)
+    assert e.value.errno == errno.ENOSPC and calls == ["create"]
+
+
 # ---------------------------------------------------------------- refillable copies: the lock
 
 def _refillable_name() -> str:
