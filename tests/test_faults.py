@@ -421,12 +421,7 @@ def test_spare_copy_gives_way_when_dev_shm_is_full(start_method, tmp_path):
     """Docker's 64 MiB /dev/shm: a released 12 MiB copy kept for reuse is
     unlinked when a 56 MiB input needs the room, with no fallback."""
     private_shm_prefix()                   # skips where not permitted
-    script = tmp_path / "spare.py"
-    script.write_text(SPARE_SCRIPT)
-    argv = sandboxed("64m", [sys.executable, str(script), start_method])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, out = _run_with_warnings("64m", SPARE_SCRIPT, start_method, tmp_path)
     assert out["ok"], out
     assert len([n for n in out["spares"] if n.startswith("sa-")]) == 1, out
     assert out["warnings"] == [], out          # shared, not pickled
@@ -499,12 +494,7 @@ def test_a_full_dev_shm_unlinks_what_executors_keep_for_reuse(start_method, tmp_
     released copies and results: those are unlinked and the creation tried
     again."""
     private_shm_prefix()                   # skips where not permitted
-    script = tmp_path / "kept.py"
-    script.write_text(KEPT_SCRIPT)
-    argv = sandboxed("64m", [sys.executable, str(script), start_method])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, out = _run_with_warnings("64m", KEPT_SCRIPT, start_method, tmp_path)
     assert len(out["kept_parent"]) == 2, out
     assert out["parent"] is True and out["after_parent"] == [], out
     assert len(out["kept_worker"]) == 2, out
