@@ -92,6 +92,7 @@ import atexit
 import concurrent.futures
 import errno
 import functools
+import gc
 import io
 import itertools
 import os
@@ -1061,6 +1062,39 @@ keep_space_for_reuse(_free_spares)
 # be unlinking a spare (a resource tracker call) and must finish first.
 os.register_at_fork(before=_stop_janitors, after_in_parent=_restart_janitors,
                     after_in_child=_forget_janitors)
+
+
+# A forked child (a worker) inherits the parent's garbage, among it the
+# executors dropped in reference cycles and not yet collected there.  Were
+# the child to collect them, their callbacks would run in it: the standard
+# executor's takes that executor's shutdown lock, which the child may have
+# inherited held (its manager thread was joining the workers at the fork),
+# and waits forever.  So while an executor of ours lives, a fork keeps the
+# collector off until the child has frozen what it inherited (gc.freeze:
+# never collected there; it is the parent's to collect), then restores it.
+_gc_paused = False
+
+
+def _pause_gc() -> None:
+    global _gc_paused
+    _gc_paused = gc.isenabled() and bool(_all_pools)
+    if _gc_paused:
+        gc.disable()
+
+
+def _resume_gc() -> None:
+    if _gc_paused:
+        gc.enable()
+
+
+def _freeze_inherited() -> None:
+    if _gc_paused:
+        gc.freeze()
+        gc.enable()
+
+
+os.register_at_fork(before=_pause_gc, after_in_parent=_resume_gc,
+                    after_in_child=_freeze_inherited)
 
 
 # One clock for submits and copies (next() is atomic under the GIL): a copy
