@@ -168,12 +168,17 @@ if __name__ == "__main__":
         assert r[0] == r[-1] == float(i)
         futs[i] = None
         del r                   # released: kept as a spare or taken by a result
-        if not ready and i >= 10 and ex._sa_pool.results.names():
+        if ready or i < 10:
+            continue
+        # Listed first, then the spares known now: a spare in both was one
+        # when listed (a worker may take any spare at any moment).
+        shm = sorted(os.listdir("/dev/shm"))
+        spares = ex._sa_pool.results.names()
+        if set(spares) & set(shm):
             ready = True
             kids = [p.pid for p in psutil.Process().children(recursive=True)]
             print("READY " + json.dumps({"pid": os.getpid(), "kids": kids,
-                                         "spares": ex._sa_pool.results.names(),
-                                         "shm": sorted(os.listdir("/dev/shm"))}), flush=True)
+                                         "spares": spares, "shm": shm}), flush=True)
 '''
 
 
