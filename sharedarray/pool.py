@@ -146,6 +146,7 @@ _SPARES = 4           # released input copies (and results) kept for reuse, at m
 _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
 _FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
+_EXIT_WAIT = 10.0     # seconds the exit gives clean-ups still under way
 # Values that hold no array; commonest first (_ext.only_types tries in order).
 _ATOMIC_TYPES = (int, float, str, type(None), bool, bytes, complex)
 _ATOMIC = frozenset(_ATOMIC_TYPES)
@@ -631,11 +632,11 @@ class _Janitor:
         self.stopping.set()
         self.join()
 
-    def join(self) -> None:
-        """Wait until the thread has ended (not from the thread itself)."""
-        if self.ident != _thread.get_ident():
-            with self.done:
-                pass
+    def join(self, timeout: float = -1) -> None:
+        """Wait until the thread has ended (not from the thread itself), or
+        at most ``timeout`` seconds."""
+        if self.ident != _thread.get_ident() and self.done.acquire(timeout=timeout):
+            self.done.release()
 
     def running(self) -> bool:
         """Whether the thread has not ended yet."""
@@ -736,22 +737,21 @@ class _Spares:
         return None
 
     def clear(self) -> bool:
-        """Unlink every spare; whether there was one."""
+        """Unlink every spare and stop the timer thread (gone when
+        ``shutdown()`` returns); whether there was a spare."""
         with self.lock:
-            spares, self.spares = self.spares, []
             janitor, self.janitor = self.janitor, None
         if janitor is not None:
-            janitor.stop()            # gone when shutdown() returns
-        for spare in spares:
-            spare.release()
-        return bool(spares)
+            janitor.stop()
+        return self.empty(None)
 
-    def empty(self) -> bool:
-        """Shared memory is full: unlink every spare; whether there was one.
-        Called from inside any creation, perhaps while this thread holds
-        the lock (a finalizer run by the garbage collector): then, after a
-        second, it gives up rather than wait for itself."""
-        if not self.lock.acquire(timeout=1.0):
+    def empty(self, timeout: float | None = 1.0) -> bool:
+        """Unlink every spare; whether there was one.  When shared memory is
+        full it is called from inside any creation, perhaps while this
+        thread holds the lock (a finalizer run by the garbage collector):
+        then, after ``timeout`` seconds, it gives up rather than wait for
+        itself."""
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
             spares, self.spares = self.spares, []
@@ -1617,11 +1617,14 @@ _closing: set[_Janitor] = set()
 
 def _note_exit() -> None:
     """At exit: clean-ups from now on are done in place, and those under way
-    finish first (their threads would not outlive the interpreter)."""
+    get a few seconds to finish (their threads would not outlive the
+    interpreter).  One that cannot finish does not hang the exit: what it
+    left is registered with the resource tracker, which unlinks it."""
     global _exiting
     _exiting = True
+    deadline = time.monotonic() + _EXIT_WAIT
     for janitor in list(_closing):
-        janitor.join()
+        janitor.join(max(0.0, deadline - time.monotonic()))
 
 
 @functools.cache

@@ -1766,3 +1766,25 @@ def test_a_forked_child_never_collects_what_it_inherited():
     proc = run_python(INHERITED_GARBAGE, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "child 0 parent collected True", (
         proc.stdout + proc.stderr)
+
+
+STUCK_AT_EXIT = r'''
+import threading
+import sharedarray as sa
+import sharedarray.pool as sa_pool
+
+ex = sa.ProcessPoolExecutor(1)
+ex.shutdown()
+never = threading.Event()
+# A collected executor's clean-up that cannot finish (it waits for ever).
+sa_pool._closing.add(sa_pool._Janitor(0.0, never.wait))
+sa_pool._EXIT_WAIT = 0.2
+print("exiting")
+'''
+
+
+def test_a_clean_up_that_cannot_finish_does_not_hang_the_exit():
+    """At exit the clean-ups of collected executors still under way are
+    waited for, but not for ever: the interpreter exits."""
+    proc = run_python(STUCK_AT_EXIT, timeout=120)
+    assert proc.stdout.strip() == "exiting" and proc.returncode == 0, proc.stderr
