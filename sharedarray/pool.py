@@ -1654,6 +1654,36 @@ def _close_collected(pool: _Pool) -> None:
     pool.close()
 
 
+# Executors shut down without waiting, kept alive until their manager
+# thread has ended.  From Python 3.12 that thread holds the executor's
+# shutdown lock while it stops the workers and joins them and its feeder
+# thread, and the standard executor's weakref callback, run when the
+# executor is freed, takes the same lock: freed in one of those threads (by
+# a collection there, the executor being garbage in a cycle), it waits for
+# itself, and the interpreter's exit waits for it.  Alive until the thread
+# is gone, the executor cannot be freed while the lock is held.
+_winding_down: dict[int, ProcessPoolExecutor] = {}
+
+
+def _keep_until_wound_down(executor: ProcessPoolExecutor) -> None:
+    """Keep ``executor`` alive until its manager thread (if any) has ended.
+    The standard executor has no public way to wait for that thread; the
+    attribute is only read, and without it nothing is kept."""
+    thread = getattr(executor, "_executor_manager_thread", None)
+    if not isinstance(thread, threading.Thread) or id(executor) in _winding_down:
+        return
+    _winding_down[id(executor)] = executor
+    weakref.finalize(thread, _wound_down, id(executor), os.getpid())
+
+
+def _wound_down(key: int, pid: int) -> None:
+    """The manager thread is gone: let its executor go.  Not in a forked
+    child, where the thread's copy goes at the fork while the lock may be
+    held (inherited so): there the executor's copy is never freed."""
+    if os.getpid() == pid:
+        _winding_down.pop(key, None)
+
+
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` that shares numpy arrays.
 
@@ -1684,6 +1714,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     it; then it is unlinked.  A result this process drops is kept the same
     way (up to 5 seconds, while the executor is open) for a worker to write
     its next result of that size into, but only if no process maps it then.
+    After ``shutdown(wait=False)`` the executor lives until its workers
+    have stopped, even if dropped; then it is freed and cleans up.
     Everything is unlinked at ``shutdown()`` and - through the resource
     tracker - if this process is killed; workers exit by themselves when this
     process dies.  When shared memory is full, kept copies and results make
@@ -1767,6 +1799,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the standard ``shutdown``; with ``wait``, also unlinks temporaries."""
+        if not wait:
+            _keep_until_wound_down(self)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             if self._sa_finalizer.detach() is not None:     # not run yet

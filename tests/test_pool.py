@@ -624,23 +624,28 @@ def test_submit_after_shutdown_raises(start_method):
 @pytest.mark.parametrize("how", ["drop", "shutdown-again"])
 def test_pending_tasks_complete_after_shutdown_without_wait(start_method, how, tmp_path):
     """Standard behaviour: after ``shutdown(wait=False)`` pending futures still
-    complete, whether the executor is then collected or shut down again."""
+    complete, whether the executor is then dropped or shut down again.  A
+    dropped one lives on until its manager thread has ended (see
+    ``..._is_not_freed_in_its_manager``), then is freed and cleans up."""
     flag = str(tmp_path / "go")
     ex = new_pool(start_method, max_workers=1)
     futs = [ex.submit(wait_for_file, flag, Box(_big(i))) for i in range(5)]
     # Wait until the first tasks are pickled (their temporaries exist).
     assert wait_until(lambda: len(own_temporaries()) >= 2, 30)
     ex.shutdown(wait=False)
+    ref = weakref.ref(ex)
     if how == "drop":
-        ref = weakref.ref(ex)
         del ex
-        assert wait_until(lambda: ref() is None, 10)   # collected, finalizers run
+        gc.collect()
+        assert ref() is not None        # its tasks are blocked: its manager runs
     else:
         ex.shutdown(wait=True)      # returns at once, as in the standard library
     Path(flag).touch()
     sums = [float(f.result(timeout=60).payload.sum()) for f in futs]
     assert sums == [float(_big(i).sum()) for i in range(5)]
     del futs
+    if how == "drop":
+        assert wait_until(lambda: ref() is None, 30)   # freed, finalizers run
     assert wait_until(lambda: not own_temporaries(), 10), own_temporaries()
 
 
@@ -1655,7 +1660,8 @@ def test_futures_of_tasks_with_nothing_to_share_are_kept_until_done(pool, tmp_pa
 
 def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_path,
                                                            shm_name):
-    """After ``shutdown(wait=False)`` and the executor's collection, such tasks
+    """After the executor's collection with such tasks under way (dropped
+    without a shutdown: the standard executor then lets them finish), they
     are counted as pending: the final sweep of results waits for them, and a
     result that cannot be attached still fails its own future."""
     flag = str(tmp_path / "go")
@@ -1674,7 +1680,6 @@ def test_tasks_with_nothing_to_share_still_running_at_close(start_method, tmp_pa
         real()
 
     leases.on_cleanup = recording
-    ex.shutdown(wait=False)
     ref = weakref.ref(ex)
     del ex
     assert wait_until(lambda: ref() is None, 10)    # collected: close() runs,
@@ -1788,3 +1793,109 @@ def test_a_clean_up_that_cannot_finish_does_not_hang_the_exit():
     waited for, but not for ever: the interpreter exits."""
     proc = run_python(STUCK_AT_EXIT, timeout=120)
     assert proc.stdout.strip() == "exiting" and proc.returncode == 0, proc.stderr
+
+
+WINDING_DOWN = r'''
+import gc, sys, threading, weakref, multiprocessing as mp, multiprocessing.process as mpp
+import sharedarray as sa
+
+
+class Cycle:
+    """Keeps an executor in a reference cycle: only the collector frees it."""
+
+    def __init__(self, ex):
+        self.ex = ex
+        self.me = self
+
+
+_join = mpp.BaseProcess.join
+
+
+def join(self, timeout=None):
+    # The manager thread joins the workers it stopped, from Python 3.12 with
+    # the executor's shutdown lock held: a collection runs there and then.
+    if threading.current_thread() is not threading.main_thread():
+        gc.collect()
+    return _join(self, timeout)
+
+
+mpp.BaseProcess.join = join
+gc.disable()                      # collections only where this script makes them
+ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+manager = ex._executor_manager_thread
+ref = weakref.ref(ex)
+Cycle(ex)
+ex.shutdown(wait=False)
+del ex
+manager.join()
+gc.collect()
+kept = ref() is not None          # the thread object still exists
+del manager
+gc.collect()
+print("kept", kept, "freed", ref() is None)
+'''
+
+
+def test_an_executor_dropped_after_shutdown_without_wait_is_not_freed_in_its_manager(
+        start_method):
+    """shutdown(wait=False), then the executor dropped in a reference cycle.
+    Its manager thread stops and joins the workers holding the executor's
+    shutdown lock (Python 3.12+); the standard executor's weakref callback
+    takes that lock.  A collection in the manager thread that freed the
+    executor then would wait for itself, and the exit for ever.  The
+    executor lives until its manager thread is gone, then is freed."""
+    proc = run_python(WINDING_DOWN, start_method, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "kept True freed True", (
+        proc.stdout + proc.stderr)
+
+
+FORK_WHILE_WINDING_DOWN = r'''
+import gc, os, threading, multiprocessing as mp, multiprocessing.process as mpp
+import sharedarray as sa
+
+
+class Cycle:
+    def __init__(self, ex):
+        self.ex = ex
+        self.me = self
+
+
+held, go = threading.Event(), threading.Event()
+_join = mpp.BaseProcess.join
+
+
+def join(self, timeout=None):
+    # Hold the manager thread inside its shutdown (its lock held from 3.12)
+    # until the main thread has forked.
+    if threading.current_thread() is not threading.main_thread() and not go.is_set():
+        held.set()
+        go.wait()
+    return _join(self, timeout)
+
+
+mpp.BaseProcess.join = join
+ex = sa.ProcessPoolExecutor(2, mp.get_context("spawn"))
+assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+Cycle(ex)
+ex.shutdown(wait=False)
+del ex
+held.wait()
+import warnings
+warnings.simplefilter("ignore", DeprecationWarning)   # fork beside threads, on purpose
+pid = os.fork()
+if pid == 0:
+    gc.collect()                  # the child frees nothing of the executor's
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+go.set()
+print("child", os.waitstatus_to_exitcode(status))
+'''
+
+
+def test_a_fork_while_an_executor_winds_down_leaves_it_alone_in_the_child():
+    """A fork while an executor shut down without waiting is still stopping
+    its workers (its shutdown lock held): the child never frees its copy of
+    that executor (whose callback would wait for the lock), and exits."""
+    proc = run_python(FORK_WHILE_WINDING_DOWN, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "child 0", proc.stdout + proc.stderr
