@@ -1464,36 +1464,63 @@ except ImportError:             # pragma: no cover - another implementation
     _process_chunk = None
 
 
-def _plain_function(fn: Any) -> bool:
-    return (type(fn) in (types.FunctionType, types.BuiltinFunctionType)
-            and _how_to_send(fn) == _BY_REFERENCE)
+class _ByName:
+    """A ``__main__`` function in a task with nothing to share: it pickles
+    as the function's name with its by-value copy, for a worker whose
+    ``__main__`` lacks it (see ``_from_main``); the standard pickler sends it."""
+
+    __slots__ = ("qualname", "blob")
+
+    def __init__(self, qualname: str, blob: bytes) -> None:
+        self.qualname = qualname
+        self.blob = blob
+
+    def __reduce__(self) -> tuple:
+        return _from_main, (self.qualname, self.blob)
 
 
-def _plain_call(fn: Any, args: tuple, kwargs: dict
-                ) -> tuple[Callable[..., Any], Callable[..., Any], tuple] | None:
+def _plain_function(fn: Any, pool: _Pool) -> Any:
+    """What a task with nothing to share sends for ``fn``: ``fn`` itself if
+    plain pickle sends it by reference; a ``_ByName`` for a ``__main__``
+    function once its by-value copy is cached (its first task went through
+    our pickler, and the copy holds no shared array); else None."""
+    if type(fn) not in (types.FunctionType, types.BuiltinFunctionType):
+        return None
+    how = _how_to_send(fn)
+    if how == _BY_REFERENCE:
+        return fn
+    if how == _FROM_MAIN and getattr(fn, "__closure__", None) is None:
+        blob = pool.functions.get(fn)
+        if blob is not None:
+            return _ByName(fn.__qualname__, blob)
+    return None
+
+
+def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool
+                ) -> tuple[Callable[..., Any], Any, tuple] | None:
     """How a task that holds nothing for our pickler runs in the worker:
     ``(runner, function, arguments)``; None for any other task.
 
-    Such a task is a function plain pickle sends by reference with atomic
-    arguments (run by ``_plain``), or one chunk of the standard ``map()``
-    over such a function: a partial of its chunk runner and a tuple of
-    argument tuples (run by ``_plain_chunk``).  The arguments are checked
-    in C: a Python loop takes ~40 ns per value, 4 us for a chunk of 100,
-    which costs the parent about 70 us in all."""
+    Such a task is a function plain pickle can send (see
+    ``_plain_function``) with atomic arguments (run by ``_plain``), or one
+    chunk of the standard ``map()`` over such a function: a partial of its
+    chunk runner and a tuple of argument tuples (run by ``_plain_chunk``).
+    The arguments are checked in C: a Python loop takes ~40 ns per value,
+    4 us for a chunk of 100, which costs the parent about 70 us in all."""
     only = _ext.only_types
     if kwargs and not only(tuple(kwargs.values()), _ATOMIC_TYPES, False):
         return None
     if (type(fn) is functools.partial and fn.func is _process_chunk
             and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
             and len(args) == 1):
-        inner = fn.args[0]
-        if (not kwargs and _plain_function(inner)
-                and only(args[0], _ATOMIC_TYPES, True)):
-            return _plain_chunk, inner, args
+        if kwargs or not only(args[0], _ATOMIC_TYPES, True):
+            return None
+        inner = _plain_function(fn.args[0], pool)
+        return None if inner is None else (_plain_chunk, inner, args)
+    if not only(args, _ATOMIC_TYPES, False):
         return None
-    if _plain_function(fn) and only(args, _ATOMIC_TYPES, False):
-        return _plain, fn, args
-    return None
+    plain_fn = _plain_function(fn, pool)
+    return None if plain_fn is None else (_plain, plain_fn, args)
 
 
 class _Call:
@@ -1750,7 +1777,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; arrays travel through shared memory."""
         pool = self._sa_pool
-        plain_call = _plain_call(fn, args, kwargs)
+        plain_call = _plain_call(fn, args, kwargs, pool)
         if plain_call is not None:
             # Nothing to share (the common tiny task): the standard path as
             # it is, without a _Call, a lock or lease bookkeeping; the

@@ -1354,6 +1354,40 @@ def test_functions_defined_in_main(start_method, tmp_path):
     assert "leaked" not in proc.stderr, proc.stderr
 
 
+MAIN_PLAIN = r'''
+import multiprocessing as mp, sys
+import sharedarray as sa
+import sharedarray.pool as sa_pool
+
+OFFSET = 5
+
+
+def in_main(x):
+    return x * 2 + OFFSET
+
+
+ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+pool = ex._sa_pool
+before = sa_pool._plain_call(in_main, (1,), {}, pool) is not None
+first = ex.submit(in_main, 1).result()
+after = sa_pool._plain_call(in_main, (1,), {}, pool) is not None
+rest = [f.result() for f in [ex.submit(in_main, i) for i in range(50)]]
+mapped = list(ex.map(in_main, range(50), chunksize=7))
+ex.shutdown()
+print(before, after, first, rest == mapped == [i * 2 + 5 for i in range(50)])
+'''
+
+
+def test_tasks_of_a_main_function_take_the_standard_path_after_the_first(start_method):
+    """A ``__main__`` function's first task goes through our pickler, which
+    keeps its by-value copy; later tasks with nothing to share take the
+    standard path, carrying the function's name and that copy.  Here the
+    program is ``python -c``: a spawned or forkserver worker's ``__main__``
+    lacks the function (the copy is loaded), a forked worker's has it."""
+    proc = run_python(MAIN_PLAIN, start_method, timeout=120)
+    assert proc.stdout.split() == ["False", "True", "7", "True"], proc.stdout + proc.stderr
+
+
 # ---------------------------------------------------------------- what workers return
 
 def return_own_share(n: int, fill: float) -> Any:
@@ -1580,20 +1614,23 @@ def test_resubmitted_array_is_matched_against_its_released_copy(start_method, mo
         ex.shutdown(wait=True)
 
 
-def test_tasks_with_nothing_to_share_are_recognised():
+def test_tasks_with_nothing_to_share_are_recognised(pool):
     """Such tasks (also the standard map()'s chunks of them) travel as the
     standard executor sends them; anything with an array, a function sent
     by value or another object goes through our pickler."""
     import functools
     from concurrent.futures.process import _process_chunk
 
-    def plain(fn: Any, args: tuple, kwargs: dict) -> bool:
-        return sa_pool._plain_call(fn, args, kwargs) is not None
+    parent = pool._sa_pool
 
-    assert sa_pool._plain_call(square, (3,), {}) == (sa_pool._plain, square, (3,))
+    def plain(fn: Any, args: tuple, kwargs: dict) -> bool:
+        return sa_pool._plain_call(fn, args, kwargs, parent) is not None
+
+    assert sa_pool._plain_call(square, (3,), {}, parent) == (sa_pool._plain, square, (3,))
     assert plain(abs, (-3,), {"k": None})
     chunk = ((1,), (2,))
-    assert (sa_pool._plain_call(functools.partial(_process_chunk, square), (chunk,), {})
+    assert (sa_pool._plain_call(functools.partial(_process_chunk, square), (chunk,), {},
+                                parent)
             == (sa_pool._plain_chunk, square, (chunk,)))
     assert not plain(square, (np.ones(3),), {})
     assert not plain(square, ([1, 2],), {})
