@@ -147,9 +147,16 @@ _SPARE_SHARE = 4      # ... 1/_SPARE_SHARE of the shm file system, ...
 _SPARE_TTL = 5.0      # ... for this many seconds unused
 _FUNCTIONS = 256      # cloudpickled functions/classes cached, per side
 _EXIT_WAIT = 10.0     # seconds the exit gives clean-ups still under way
-# Values that hold no array; commonest first (_ext.only_types tries in order).
-_ATOMIC_TYPES = (int, float, str, type(None), bool, bytes, complex)
+# Values that hold no array, exact types; commonest first (_ext.only_types
+# tries them in order): Python's own, then numpy's scalars (what iterating
+# an array or reducing one gives).  Not np.void: a record can hold objects.
+_ATOMIC_TYPES = (int, float, str, type(None), bool, bytes, complex) + tuple(dict.fromkeys(
+    np.dtype(code).type for code in "dlq?fbhiBHILQegFDGmMSU"))
 _ATOMIC = frozenset(_ATOMIC_TYPES)
+# Containers (exact tuples, lists, dicts) an argument or a result may nest
+# and still count as holding no array: depths for _ext.only_types.
+_ARGS_DEPTH = 3       # the arguments' tuple, then two levels inside an argument
+_RESULT_DEPTH = 3
 
 
 # ---------------------------------------------------------------- warnings
@@ -295,7 +302,7 @@ class _Task:
 def _outcome(value: Any, key: int) -> Any:
     """What a worker sends back for ``value``: itself when it holds no array
     (the standard path, fastest), else a ``_Result`` that pickles it."""
-    if type(value) in _ATOMIC or _ext.only_types(value, _ATOMIC_TYPES, False):
+    if type(value) in _ATOMIC or _ext.only_types(value, _ATOMIC_TYPES, _RESULT_DEPTH):
         return value
     return _Result(value, key)
 
@@ -1502,22 +1509,26 @@ def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool
     ``(runner, function, arguments)``; None for any other task.
 
     Such a task is a function plain pickle can send (see
-    ``_plain_function``) with atomic arguments (run by ``_plain``), or one
-    chunk of the standard ``map()`` over such a function: a partial of its
-    chunk runner and a tuple of argument tuples (run by ``_plain_chunk``).
-    The arguments are checked in C: a Python loop takes ~40 ns per value,
-    4 us for a chunk of 100, which costs the parent about 70 us in all."""
+    ``_plain_function``) with arguments made of Python's and numpy's
+    scalars, also inside tuples, lists and dicts (``_ARGS_DEPTH``), run by
+    ``_plain``; or one chunk of the standard ``map()`` over such a
+    function: a partial of its chunk runner and a tuple of argument tuples
+    (run by ``_plain_chunk``).  A list changed after submit() is pickled as
+    it is then, as the standard executor does (an array put into it goes by
+    value).  The arguments are checked in C: a Python loop takes ~40 ns per
+    value, 4 us for a chunk of 100, which costs the parent about 70 us."""
     only = _ext.only_types
-    if kwargs and not only(tuple(kwargs.values()), _ATOMIC_TYPES, False):
+    if kwargs and not only(kwargs, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
     if (type(fn) is functools.partial and fn.func is _process_chunk
             and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
-            and len(args) == 1):
-        if kwargs or not only(args[0], _ATOMIC_TYPES, True):
+            and len(args) == 1 and type(args[0]) is tuple):
+        # The chunk: a tuple of argument tuples, one level more.
+        if kwargs or not only(args[0], _ATOMIC_TYPES, _ARGS_DEPTH + 1):
             return None
         inner = _plain_function(fn.args[0], pool)
         return None if inner is None else (_plain_chunk, inner, args)
-    if not only(args, _ATOMIC_TYPES, False):
+    if not only(args, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
     plain_fn = _plain_function(fn, pool)
     return None if plain_fn is None else (_plain, plain_fn, args)

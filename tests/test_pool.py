@@ -1633,19 +1633,64 @@ def test_tasks_with_nothing_to_share_are_recognised(pool):
                                 parent)
             == (sa_pool._plain_chunk, square, (chunk,)))
     assert not plain(square, (np.ones(3),), {})
-    assert not plain(square, ([1, 2],), {})
+    # Containers of scalars, two levels inside an argument; not an array in them.
+    assert plain(square, ([1, 2], {"k": (1, 2.5)}, ((None,),)), {"kw": [{"a": 1}]})
+    assert not plain(square, ([1, np.ones(3)],), {})
+    assert not plain(square, ({"k": np.ones(3)},), {})
+    assert not plain(square, ([[[1]]],), {})                  # deeper: our pickler
+    assert not plain(square, (list(range(5000)),), {})       # larger: our pickler
     assert not plain(square, (1,), {"a": np.ones(3)})
+    assert not plain(square, (1,), {"a": [np.ones(3)]})
     assert not plain(lambda x: x, (1,), {})
     assert not plain(functools.partial(_process_chunk, lambda x: x), (((1,),),), {})
     assert not plain(functools.partial(_process_chunk, square), (((np.ones(3),),),), {})
-    assert not plain(functools.partial(_process_chunk, square), (((1,), [2]),), {})
+    assert plain(functools.partial(_process_chunk, square), (((1,), ([2, 3],)),), {})
+    assert not plain(functools.partial(_process_chunk, square), (((1,), ([np.ones(3)],)),), {})
     assert not plain(functools.partial(_process_chunk, square), ({(1,): 2},), {})
     assert not plain(functools.partial(square), (1,), {})
-    # Exact types only: subclasses and numpy scalars take our pickler.
+    # Exact types only: Python's and numpy's scalars; subclasses, records
+    # (np.void, which can hold objects) and anything else take our pickler.
     assert plain(square, (None, True, 1, 1.5, 1j, "s", b"b"), {})
-    assert not plain(square, (np.float64(1.0),), {})
+    assert plain(square, (np.float64(1.0), np.int32(2), np.bool_(True), np.str_("s"),
+                          np.datetime64("2026-01-01"), np.complex64(1j)), {})
+    assert not plain(square, (np.void(b"ab"),), {})
     assert not plain(square, (Box(1),), {})
     assert not plain(square, (type("Int", (int,), {})(1),), {})
+
+
+def nested(x: Any) -> Any:
+    """Returns its argument inside containers, with numpy scalars."""
+    return {"x": x, "scalars": [np.float64(1.5), np.int64(2)], "pair": (x, [x])}
+
+
+def test_tasks_of_scalars_and_containers_take_the_standard_path(pool, tmp_path):
+    """Numpy scalars (what iterating an array gives) and lists, tuples or
+    dicts of scalars travel as the standard executor sends them, both ways:
+    no _Call, no lease; the values come back equal and of the same types."""
+    calls = set(sa_pool._calls)
+    flag = str(tmp_path / "go")
+    waiting = pool.submit(wait_for_file, flag, [np.float32(0.5), {"k": "s"}])
+    args = [np.arange(3)[1], [1, 2.5], {"a": (None, b"b")}, np.float64(3.25)]
+    futs = [pool.submit(nested, a) for a in args]
+    assert _registered(pool, waiting) and set(sa_pool._calls) <= calls
+    assert pool._sa_pool.leases.pending == 0
+    Path(flag).touch()
+    assert waiting.result(timeout=60) == [np.float32(0.5), {"k": "s"}]
+    for a, f in zip(args, futs, strict=True):
+        r = f.result(timeout=60)
+        assert r == nested(a) and type(r["x"]) is type(a)
+        assert [type(v) for v in r["scalars"]] == [np.float64, np.int64]
+    mapped = list(pool.map(nested, np.arange(5), chunksize=2))
+    assert [type(r["x"]) for r in mapped] == [np.int64] * 5
+    assert [int(r["x"]) for r in mapped] == list(range(5))
+
+
+def test_a_large_array_in_a_container_still_travels_shared(pool):
+    """A list or dict with a large array in it is not "nothing to share":
+    the array reaches the worker and comes back through shared memory."""
+    out = pool.submit(nested, [np.full(BIG, 2.0)]).result(timeout=60)
+    assert type(out["x"][0]) is sa.ndarray and float(out["x"][0].sum()) == 2.0 * BIG
+    assert type(out["pair"][1][0][0]) is sa.ndarray
 
 
 def test_map_of_plain_tasks_still_shares_large_results(pool):

@@ -1440,8 +1440,9 @@ static PyMethodDef ext_methods[] = {
     {"same_bytes", ext_same_bytes, METH_VARARGS,
      "same_bytes($module, a, b, /)\n--\n\nWhether two contiguous buffers hold the same bytes."},
     {"only_types", (PyCFunction)(void (*)(void))ext_only_types, METH_FASTCALL,
-     "only_types($module, items, types, rows, /)\n--\n\nWhether the tuple or list items "
-     "holds only objects of exactly these types (a tuple); with rows, only tuples of them."},
+     "only_types($module, obj, types, depth, /)\n--\n\nWhether obj is made only of "
+     "objects of exactly these types (a tuple), through at most depth levels of tuples, "
+     "lists and dicts."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -223,62 +223,78 @@ type_in(PyObject *obj, PyObject *const *types, Py_ssize_t n)
     return 0;
 }
 
-/* only_types(items, types, rows): whether the tuple or list `items` holds
- * only objects whose exact type is in the tuple `types`; with `rows`, only
- * tuples of such objects.  Anything else in `items` is False.  Pointer
- * compares only: no Python code runs, so a list cannot change under us.
- * The executor calls this once per task (Python's loop is ~40 ns/item). */
+/* Objects only_types() looks at, at most: a larger structure is "no" (the
+ * executor then pickles it its own way, which is correct for anything). */
+#define ONLY_TYPES_BUDGET 1024
+
+/* Whether `obj` is of one of the `nt` exact types `ts`, or - with `depth`
+ * levels left - an exact tuple, list or dict of such (keys too), nested.
+ * Pointer compares only: no Python code runs, so nothing can change under
+ * us (a list's size, a dict's entries). */
+static int
+only_of(PyObject *obj, PyObject *const *ts, Py_ssize_t nt, int depth,
+        Py_ssize_t *budget)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+
+    if (--*budget < 0) {
+        return 0;
+    }
+    if (type_in(obj, ts, nt)) {
+        return 1;
+    }
+    if (depth <= 0) {
+        return 0;
+    }
+    if (PyTuple_CheckExact(obj) || PyList_CheckExact(obj)) {
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(obj); i++) {
+            if (!only_of(PySequence_Fast_GET_ITEM(obj, i), ts, nt, depth - 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyDict_CheckExact(obj)) {
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            if (!only_of(key, ts, nt, depth - 1, budget)
+                    || !only_of(value, ts, nt, depth - 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* only_types(obj, types, depth): whether `obj` is made only of objects
+ * whose exact type is in the tuple `types`, through at most `depth` levels
+ * of exact tuples, lists and dicts, and at most ONLY_TYPES_BUDGET objects.
+ * The executor calls this once per task and per result (Python's loop
+ * costs ~40 ns per object). */
 PyObject *
 ext_only_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *seq, *types, *const *ts, *const *items;
-    Py_ssize_t n, nt;
-    int rows;
+    Py_ssize_t budget = ONLY_TYPES_BUDGET;
+    long depth;
 
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError,
                      "only_types expected 3 arguments, got %zd", nargs);
         return NULL;
     }
-    seq = args[0];
-    types = args[1];
-    if (!PyTuple_Check(types)) {
+    if (!PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "only_types: types must be a tuple");
         return NULL;
     }
-    rows = PyObject_IsTrue(args[2]);
-    if (rows < 0) {
+    depth = PyLong_AsLong(args[2]);
+    if (depth == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (PyTuple_CheckExact(seq)) {
-        items = &PyTuple_GET_ITEM(seq, 0);
-        n = PyTuple_GET_SIZE(seq);
+    if (depth < 0 || depth > 8) {
+        PyErr_SetString(PyExc_ValueError, "only_types: depth must be 0 to 8");
+        return NULL;
     }
-    else if (PyList_CheckExact(seq)) {
-        items = PySequence_Fast_ITEMS(seq);
-        n = PyList_GET_SIZE(seq);
-    }
-    else {
-        Py_RETURN_FALSE;
-    }
-    ts = &PyTuple_GET_ITEM(types, 0);
-    nt = PyTuple_GET_SIZE(types);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = items[i];
-        if (!rows) {
-            if (!type_in(item, ts, nt)) {
-                Py_RETURN_FALSE;
-            }
-            continue;
-        }
-        if (!PyTuple_CheckExact(item)) {
-            Py_RETURN_FALSE;
-        }
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(item); k++) {
-            if (!type_in(PyTuple_GET_ITEM(item, k), ts, nt)) {
-                Py_RETURN_FALSE;
-            }
-        }
-    }
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(only_of(args[0], &PyTuple_GET_ITEM(args[1], 0),
+                                   PyTuple_GET_SIZE(args[1]), (int)depth, &budget));
 }
