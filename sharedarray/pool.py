@@ -5,11 +5,9 @@ Data flow::
     parent                                     worker
     ------                                     ------
     submit(fn, *args) with nothing to share
-      (fn goes by reference, atomic args;
-      or one chunk of map() of such tasks):
-      the standard path as it is, behind        _plain / _plain_chunk: run fn;
-      _plain or _plain_chunk and a key; the     an atomic result as it is,
-      future kept until done (_Pool.plain)      any other as _Result (below)
+      (fn by reference or by name, args of
+      scalars; or one chunk of map() of such
+      tasks): the standard path as it is         run fn (a chunk: _plain_chunk)
     submit(fn, *args), any other task -> _Call; the executor's own future
       feeder thread pickles the _Call:
         sharedarray.ndarray -> handle           attach (same memory, writable)
@@ -19,7 +17,13 @@ Data flow::
              and content; _Spares: refills)
         function: by reference where plain
           pickle works, else cloudpickle        run fn; drop the inputs
-                                                pickle the result (_Result):
+                                                every task's outcome: the
+                                                standard record, pickled by a
+                                                reducer registered in the
+                                                worker (_reduce_result_item):
+                                                one holding no array as it is,
+                                                else the value through
+                                                _ResultPickler:
                                                   plain array >= threshold, or an
                                                   array this worker owns
                                                   -> written into a released
@@ -29,8 +33,7 @@ Data flow::
                                                      the parent (tracker-registered)
       result thread unpickles; the parent owns R
     the future settles (a result whose shared arrays cannot be attached
-    fails that task only: _doom, or _fail through the key of a task with
-    nothing to share)
+    fails that task only: its record carries the error, _load_result_item)
     the parent drops R: once it no longer maps it, R is renamed to a spare
     name S (_ResultSpares), kept a few seconds for the next result
 
@@ -72,9 +75,9 @@ Rules, each enforced in one place:
   tracker knows every name from before it exists until after it is gone:
   a new name is registered before its create or rename, an old one
   unregistered after; spare names only by the parent (``_ResultSpares``).
-  Tasks with nothing to share hold no copy and are not counted as pending
-  until ``_Pool.close()``, which counts those still running: the final
-  sweep of results waits for them.
+  Tasks with nothing to share hold no copy and are not counted: the final
+  sweep of results (``_Pool.close()``) waits until the manager thread,
+  which receives every result, has ended.
 
 Lock order: ``_Call.lock`` -> ``_Leases.lock`` -> ``_Spares.lock``; the
 function cache's lock and ``_ResultSpares.lock`` are taken alone (the latter
@@ -90,6 +93,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import concurrent.futures
+import concurrent.futures.process
 import errno
 import functools
 import gc
@@ -269,16 +273,20 @@ class _WorkerConfig(NamedTuple):
 
 
 _config = _WorkerConfig(None, 0, "")
+_worker_pid = 0         # this process, once it is one of our workers
 
 
 def _worker_init(config: _WorkerConfig, parent_start: int,
                  initializer: Callable[..., Any] | None, initargs: tuple) -> None:
     """Our worker set-up, chained in front of the user's initializer."""
-    global _config
+    global _config, _worker_pid
     # A native thread: it ends this worker when the parent dies, even while
     # the worker's main thread holds the GIL in a long C call.
     _ext.watch_parent(config.owner, parent_start)
     _config = config
+    _worker_pid = os.getpid()
+    if _ResultItem is not None:
+        ForkingPickler.register(_ResultItem, _reduce_result_item)
     if initializer is not None:
         initializer(*initargs)
 
@@ -286,7 +294,7 @@ def _worker_init(config: _WorkerConfig, parent_start: int,
 class _Task:
     """A task as the worker runs it."""
 
-    __slots__ = ("fn", "args", "kwargs", "key")
+    __slots__ = ("fn", "args", "kwargs")
 
     def __call__(self) -> Any:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -294,36 +302,19 @@ class _Task:
         # shared lock that keeps the parent from refilling it, ends as soon
         # as the task no longer needs it.
         self.fn = self.args = self.kwargs = None
-        value = fn(*args, **kwargs)
-        del fn, args, kwargs
-        return _outcome(value, self.key)
+        return fn(*args, **kwargs)
 
 
-def _outcome(value: Any, key: int) -> Any:
-    """What a worker sends back for ``value``: itself when it holds no array
-    (the standard path, fastest), else a ``_Result`` that pickles it."""
-    if type(value) in _ATOMIC or _ext.only_types(value, _ATOMIC_TYPES, _RESULT_DEPTH):
-        return value
-    return _Result(value, key)
-
-
-def _plain(key: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Worker side of a task with nothing to share (see ``_plain_call``): the
-    standard executor sends it as it is, with this in front of ``fn``.  Its
-    arguments hold no array, so none needs to die early (as ``_Task``'s do)."""
-    return _outcome(fn(*args, **kwargs), key)
-
-
-def _plain_chunk(key: int, fn: Callable[..., Any], chunk: tuple) -> Any:
+def _plain_chunk(fn: Callable[..., Any], chunk: tuple) -> list:
     """Worker side of a chunk of ``map()`` with nothing to share: what the
-    standard ``_process_chunk`` does, with the result checked.  Sent in its
-    place, it also pickles smaller than ``partial(_process_chunk, fn)``."""
-    return _outcome([fn(*args) for args in chunk], key)
+    standard ``_process_chunk`` does.  Sent in its place, it pickles smaller
+    than ``partial(_process_chunk, fn)``."""
+    return [fn(*args) for args in chunk]
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, key: int = 0) -> _Task:
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> _Task:
     task = _Task()
-    task.fn, task.args, task.kwargs, task.key = fn, args, kwargs, key
+    task.fn, task.args, task.kwargs = fn, args, kwargs
     return task
 
 
@@ -331,9 +322,9 @@ def _unsent() -> None:
     """Worker side of a task whose arguments could not be pickled."""
 
 
-def _run_pickled(payload: bytes, key: int = 0) -> _Task:
+def _run_pickled(payload: bytes) -> _Task:
     fn, args, kwargs = pickle.loads(payload)
-    return _run(fn, args, kwargs, key)
+    return _run(fn, args, kwargs)
 
 
 _forking_table: Any = None
@@ -532,25 +523,35 @@ def _drop_result_spares() -> bool:
     return dropped
 
 
-class _Result:
-    """A worker's return value on its way back to the parent."""
+# The standard executor's record of a task's outcome, which a worker sends
+# back.  A private name: only registered, in our workers, with the pickler
+# of their result queue (multiprocessing's), never changed.  Without it,
+# results travel by value (correct, not shared).
+_ResultItem: Any = getattr(concurrent.futures.process, "_ResultItem", None)
 
-    __slots__ = ("value", "key")
 
-    def __init__(self, value: Any, key: int) -> None:
-        self.value = value
-        self.key = key            # the parent's _Call.key
-
-    def __reduce__(self) -> tuple:
-        buf = io.BytesIO()
-        p = _ResultPickler(buf)
-        try:
-            p.dump(self.value)
-        except BaseException:
-            for name in p.created:
-                discard(name)
-            raise
-        return _load_result, (buf.getvalue(), self.key)
+def _reduce_result_item(item: Any) -> Any:
+    """Worker: pickle the record of a task's outcome.  One holding no array
+    (commonest; every error too) goes as the standard executor sends it;
+    any other value through ``_ResultPickler``, whose large arrays and
+    arrays this worker owns move into segments the parent will own.  Only
+    in the worker itself: a process it forks (a task's own executor, say)
+    inherits the registration, but its results are not ours to place."""
+    state = item.__dict__
+    value = state.get("result")
+    if (state.get("exception") is not None or os.getpid() != _worker_pid
+            or type(value) in _ATOMIC
+            or _ext.only_types(value, _ATOMIC_TYPES, _RESULT_DEPTH)):
+        return item.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    buf = io.BytesIO()
+    p = _ResultPickler(buf)
+    try:
+        p.dump(value)
+    except BaseException:
+        for name in p.created:
+            discard(name)
+        raise
+    return _load_result_item, (dict(state, result=None), buf.getvalue())
 
 
 class _HandleLost(Exception):
@@ -573,23 +574,19 @@ def _adopt_in_parent(*handle: Any) -> ndarray:
         raise _HandleLost(exc) from exc
 
 
-def _load_result(payload: bytes, key: int) -> Any:
-    """Parent (result thread): unpickle a result.  A shared array that cannot
-    be attached fails this task only (with the real exception, see
-    ``_doom``; ``key`` finds its ``_Call`` or, for a task with nothing to
-    share, its future); anything else that cannot be unpickled breaks the
-    pool, as in the standard executor."""
+def _load_result_item(state: dict, payload: bytes) -> Any:
+    """Parent (result thread): the record of an outcome whose value holds
+    arrays.  A shared array in it that cannot be attached fails this task
+    only, with the real exception (the record carries it as the task's);
+    anything else that cannot be unpickled breaks the pool, as in the
+    standard executor."""
+    item = _ResultItem.__new__(_ResultItem)
+    item.__dict__.update(state)
     try:
-        return pickle.loads(payload)
+        item.result = pickle.loads(payload)
     except _HandleLost as lost:
-        call = _calls.get(key)
-        if call is not None:
-            _doom(call, lost.args[0])
-            return None
-        future = _plain_future(key)
-        if future is not None:  # else gone with its pool: nobody waits for it
-            _fail(future, lost.args[0])
-        return None
+        item.exception = lost.args[0]
+    return item
 
 
 # ---------------------------------------------------------------- parent: copies
@@ -1272,14 +1269,11 @@ class _Leases:
         if run:
             self.cleanup()
 
-    def close(self, more: int = 0) -> None:
+    def close(self) -> None:
         """Shut down or collected: clean up now, or when the last pending task
-        is done (after ``shutdown(wait=False)`` tasks still run).  ``more``:
-        tasks not counted so far, to count from now on (their ``task_done``
-        is to come)."""
+        is done."""
         with self.lock:
             self.closed = True
-            self.pending += more
             run = self.pending == 0
         if run:
             self.cleanup()
@@ -1311,37 +1305,36 @@ class _Pool:
         _result_spares[self.prefix] = self.results
         self.leases = _Leases(self.spares, self.end_results)
         self.functions = _FunctionCache(_FUNCTIONS)
-        # Tasks with nothing to share: future -> key, from submit() until
-        # done (the executor holds them as long); the keys submit() is
-        # registering.  Only a result that cannot be attached
-        # (_plain_future) and close() look here.  The done callback is one
-        # bound method for all: a task allocates nothing that outlives
-        # submit() (an object per task, a weak reference say, costs more in
-        # garbage collection than all the rest of this bookkeeping).
-        self.plain: dict[Future, int] = {}
-        self.registering: set[int] = set()
-        self.forget = self.plain.pop
+        # The executor's manager thread, which receives every result (a weak
+        # reference: the thread object holds the executor's queues).
+        self.manager: Callable[[], threading.Thread | None] = lambda: None
         _all_pools.add(self)
 
     def config(self) -> _WorkerConfig:
         return _WorkerConfig(self.threshold, self.pid, self.prefix)
 
+    def note_manager(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Remember the executor's manager thread, started by its first
+        submit().  The standard executor has no public way to wait for it;
+        the attribute is only read."""
+        thread = getattr(executor, "_executor_manager_thread", None)
+        if isinstance(thread, threading.Thread):
+            self.manager = weakref.ref(thread)
+
     def close(self) -> None:
-        """Shut down or collected.  Tasks with nothing to share were not
-        counted as pending; those not done yet are counted now, so that the
-        clean-up does not sweep results still on their way.  In a forked
-        child (its copy of an executor collected there) it does nothing:
-        the spares and results are its parent's."""
+        """Shut down or collected: once no result can arrive any more (the
+        manager thread has ended: tasks still running after
+        ``shutdown(wait=False)`` or a collection are done), clean up.  The
+        tasks with nothing to share are not counted anywhere: the sweep of
+        results simply comes after all of them.  In a forked child (its
+        copy of an executor collected there) it does nothing: the spares
+        and results are its parent's."""
         if os.getpid() != self.pid:
             return
-        running = [future for future in list(self.plain) if not future.done()]
-        self.leases.close(len(running))
-        for future in running:
-            future.add_done_callback(self.plain_done)     # at once if done by now
-
-    def plain_done(self, future: Future) -> None:
-        """A task with nothing to share, counted by ``close()``, is done."""
-        self.leases.task_done()
+        manager = self.manager()
+        if manager is not None and manager is not threading.current_thread():
+            manager.join()
+        self.leases.close()
 
     def end_results(self) -> None:
         """No task runs any more and none will: unlink released results and
@@ -1372,22 +1365,6 @@ class _Pool:
 
 
 _all_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
-
-
-def _plain_future(key: int) -> Future | None:
-    """The future of the task with nothing to share submitted as ``key``, or
-    None if it is gone (its submit() failed).  A search, but only for a
-    result that cannot be attached.  submit() registers the future a moment
-    after the executor accepts the task: wait for that."""
-    for pool in list(_all_pools):
-        while True:
-            for future, k in list(pool.plain.items()):
-                if k == key:
-                    return future
-            if key not in pool.registering:
-                break
-            time.sleep(0.0005)
-    return None
 
 
 # ---------------------------------------------------------------- parent: pickling tasks
@@ -1503,15 +1480,14 @@ def _plain_function(fn: Any, pool: _Pool) -> Any:
     return None
 
 
-def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool
-                ) -> tuple[Callable[..., Any], Any, tuple] | None:
-    """How a task that holds nothing for our pickler runs in the worker:
-    ``(runner, function, arguments)``; None for any other task.
+def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool) -> tuple[Any, tuple] | None:
+    """How a task that holds nothing for our pickler goes to the standard
+    executor: ``(function, arguments)``; None for any other task.
 
     Such a task is a function plain pickle can send (see
     ``_plain_function``) with arguments made of Python's and numpy's
-    scalars, also inside tuples, lists and dicts (``_ARGS_DEPTH``), run by
-    ``_plain``; or one chunk of the standard ``map()`` over such a
+    scalars, also inside tuples, lists and dicts (``_ARGS_DEPTH``), sent
+    as it is; or one chunk of the standard ``map()`` over such a
     function: a partial of its chunk runner and a tuple of argument tuples
     (run by ``_plain_chunk``).  A list changed after submit() is pickled as
     it is then, as the standard executor does (an array put into it goes by
@@ -1527,11 +1503,11 @@ def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool
         if kwargs or not only(args[0], _ATOMIC_TYPES, _ARGS_DEPTH + 1):
             return None
         inner = _plain_function(fn.args[0], pool)
-        return None if inner is None else (_plain_chunk, inner, args)
+        return None if inner is None else (_plain_chunk, (inner, args[0]))
     if not only(args, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
     plain_fn = _plain_function(fn, pool)
-    return None if plain_fn is None else (_plain, plain_fn, args)
+    return None if plain_fn is None else (plain_fn, args)
 
 
 class _Call:
@@ -1581,7 +1557,7 @@ class _Call:
             if self.done:              # finished (pool broke) while we pickled
                 self._release()
             self._mark_sent()
-        return _run_pickled, (buf.getvalue(), self.key)
+        return _run_pickled, (buf.getvalue(),)
 
     def _release(self) -> None:
         leases, self.leases = self.leases, []
@@ -1674,11 +1650,13 @@ def _watch_exit() -> None:
 
 
 def _close_collected(pool: _Pool) -> None:
-    """The executor was garbage-collected, or the interpreter exits: clean
-    up.  A collection can run inside any section of ours, in the thread
-    holding its lock, which this must wait for: the work goes to a new
-    thread, which waits until the section has ended.  At exit, where a new
-    thread would not finish, it is done here."""
+    """The executor was garbage-collected, or the interpreter exits, or it
+    was shut down while its tasks still run: clean up.  A collection can
+    run inside any section of ours, in the thread holding its lock, which
+    this must wait for; and the clean-up waits for the running tasks: the
+    work goes to a new thread.  At exit, where a new thread would not
+    finish (and the standard executor has waited for the tasks), it is done
+    here."""
     if not _exiting:
         try:
             janitor = _Janitor(0.0, pool.close)
@@ -1791,19 +1769,11 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         plain_call = _plain_call(fn, args, kwargs, pool)
         if plain_call is not None:
             # Nothing to share (the common tiny task): the standard path as
-            # it is, without a _Call, a lock or lease bookkeeping; the
-            # runner handles the result in the worker.  The key finds the
-            # future if the result's shared arrays cannot be attached; one
-            # done callback shared by all forgets it.
-            runner, fn, args = plain_call
-            key = next(_keys)
-            pool.registering.add(key)
-            try:
-                future = super().submit(runner, key, fn, *args, **kwargs)
-                pool.plain[future] = key
-                future.add_done_callback(pool.forget)    # at once if done by now
-            finally:
-                pool.registering.discard(key)
+            # it is, no bookkeeping of ours; the worker pickles the outcome
+            # (_reduce_result_item).
+            future = super().submit(plain_call[0], *plain_call[1], **kwargs)
+            if pool.manager() is None:
+                pool.note_manager(self)
             return future
         batch = getattr(_batch, "current", None)
         call = _Call(fn, args, kwargs, pool, batch)
@@ -1815,6 +1785,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             raise
         call.future = future
         future.add_done_callback(call.finished)
+        if pool.manager() is None:
+            pool.note_manager(self)
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__ or submit.__doc__
@@ -1842,4 +1814,10 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             if self._sa_finalizer.detach() is not None:     # not run yet
-                self._sa_pool.close()
+                manager = self._sa_pool.manager()
+                if manager is not None and manager.is_alive():
+                    # An earlier shutdown(wait=False): the tasks still run,
+                    # and this returns at once, as the standard one does.
+                    _close_collected(self._sa_pool)
+                else:
+                    self._sa_pool.close()
