@@ -273,18 +273,18 @@ class _WorkerConfig(NamedTuple):
 
 
 _config = _WorkerConfig(None, 0, "")
-_worker_pid = 0         # this process, once it is one of our workers
+_in_worker = False      # this process is one of our workers (not its child)
 
 
 def _worker_init(config: _WorkerConfig, parent_start: int,
                  initializer: Callable[..., Any] | None, initargs: tuple) -> None:
     """Our worker set-up, chained in front of the user's initializer."""
-    global _config, _worker_pid
+    global _config, _in_worker
     # A native thread: it ends this worker when the parent dies, even while
     # the worker's main thread holds the GIL in a long C call.
     _ext.watch_parent(config.owner, parent_start)
     _config = config
-    _worker_pid = os.getpid()
+    _in_worker = True
     if _ResultItem is not None:
         ForkingPickler.register(_ResultItem, _reduce_result_item)
     if initializer is not None:
@@ -539,7 +539,7 @@ def _reduce_result_item(item: Any) -> Any:
     inherits the registration, but its results are not ours to place."""
     state = item.__dict__
     value = state.get("result")
-    if (state.get("exception") is not None or os.getpid() != _worker_pid
+    if (state.get("exception") is not None or not _in_worker
             or type(value) in _ATOMIC
             or _ext.only_types(value, _ATOMIC_TYPES, _RESULT_DEPTH)):
         return item.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
@@ -1042,9 +1042,12 @@ def _restart_janitors() -> None:
 
 def _forget_janitors() -> None:
     # The child: the parent's spares are not its own, nor their threads, nor
-    # the clean-ups under way there (never to end here: not to wait for).
+    # the clean-ups under way there (never to end here: not to wait for);
+    # and a worker's child (a task's own executor, say) is no worker of ours.
+    global _in_worker
     _all_spares.clear()
     _closing.clear()
+    _in_worker = False
 
 
 def _free_spares() -> bool:
@@ -1514,7 +1517,7 @@ class _Call:
     """A submitted task; pickled by the executor's feeder thread."""
 
     __slots__ = ("fn", "args", "kwargs", "pool", "batch", "leases", "done",
-                 "sent", "lock", "key", "tick", "future", "__weakref__")
+                 "sent", "lock", "tick", "future", "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  pool: _Pool, batch: _Batch | None) -> None:
@@ -1527,12 +1530,10 @@ class _Call:
         self.done = False
         self.sent = False
         self.lock = threading.Lock()
-        self.key = next(_keys)
         # Drawn in submit(), after the caller last wrote the arguments: a
         # copy begun later shows them as they were then or later.
         self.tick = next(_ticks)
         self.future: Future | None = None       # set by submit()
-        _calls[self.key] = self
 
     def __reduce__(self) -> tuple:
         buf = io.BytesIO()
@@ -1579,20 +1580,13 @@ class _Call:
             self.fn = self.args = self.kwargs = self.future = None
             self._release()
             self._mark_sent()
-        _calls.pop(self.key, None)
         self.pool.leases.task_done()
 
 
-# key -> the pending task, from before it is submitted until it is done.
-_calls: dict[int, _Call] = {}
-_keys = itertools.count(1)
-
-
 class _DoomedFuture(Future):
-    """What a task's future becomes when its outcome is an error of ours
-    (its arguments could not be pickled, or its result's shared arrays not
-    attached): the executor settles it with the result it received, and
-    this turns that into the error, before anybody can see the result."""
+    """What a task's future becomes when its arguments could not be pickled:
+    the executor settles it with the result of the no-op run in its place,
+    and this turns that into the error, before anybody can see the result."""
 
     _sa_error: BaseException
 
@@ -1612,11 +1606,6 @@ def _doom(call: _Call, error: BaseException) -> None:
         if call.done:               # settled already (the pool broke)
             return
         time.sleep(0.0005)
-    _fail(future, error)
-
-
-def _fail(future: Future, error: BaseException) -> None:
-    """Make ``future`` fail with ``error`` when the executor settles it."""
     future._sa_error = error                         # type: ignore[attr-defined]
     future.__class__ = _DoomedFuture
 
@@ -1682,11 +1671,10 @@ _winding_down: dict[int, ProcessPoolExecutor] = {}
 
 
 def _keep_until_wound_down(executor: ProcessPoolExecutor) -> None:
-    """Keep ``executor`` alive until its manager thread (if any) has ended.
-    The standard executor has no public way to wait for that thread; the
-    attribute is only read, and without it nothing is kept."""
-    thread = getattr(executor, "_executor_manager_thread", None)
-    if not isinstance(thread, threading.Thread) or id(executor) in _winding_down:
+    """Keep ``executor`` alive until its manager thread (if any, see
+    ``_Pool.note_manager``) has ended."""
+    thread = executor._sa_pool.manager()
+    if thread is None or id(executor) in _winding_down:
         return
     _winding_down[id(executor)] = executor
     weakref.finalize(thread, _wound_down, id(executor), os.getpid())
@@ -1772,20 +1760,18 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             # it is, no bookkeeping of ours; the worker pickles the outcome
             # (_reduce_result_item).
             future = super().submit(plain_call[0], *plain_call[1], **kwargs)
-            if pool.manager() is None:
-                pool.note_manager(self)
-            return future
-        batch = getattr(_batch, "current", None)
-        call = _Call(fn, args, kwargs, pool, batch)
-        pool.leases.submitted(batch)
-        try:
-            future = super().submit(call)
-        except BaseException:
-            call.finished()
-            raise
-        call.future = future
-        future.add_done_callback(call.finished)
-        if pool.manager() is None:
+        else:
+            batch = getattr(_batch, "current", None)
+            call = _Call(fn, args, kwargs, pool, batch)
+            pool.leases.submitted(batch)
+            try:
+                future = super().submit(call)
+            except BaseException:
+                call.finished()
+                raise
+            call.future = future
+            future.add_done_callback(call.finished)
+        if pool.manager() is None:          # the first submit() started it
             pool.note_manager(self)
         return future
 
