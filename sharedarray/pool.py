@@ -7,7 +7,7 @@ Data flow::
     submit(fn, *args) with nothing to share
       (fn by reference or by name, args of
       scalars; or one chunk of map() of such
-      tasks): the standard path as it is         run fn (a chunk: _plain_chunk)
+      tasks): the standard path as it is         run fn (a chunk: _map_chunk)
     submit(fn, *args), any other task -> _Call; the executor's own future
       feeder thread pickles the _Call:
         sharedarray.ndarray -> handle           attach (same memory, writable)
@@ -109,7 +109,7 @@ import types
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
@@ -305,11 +305,15 @@ class _Task:
         return fn(*args, **kwargs)
 
 
-def _plain_chunk(fn: Callable[..., Any], chunk: tuple) -> list:
-    """Worker side of a chunk of ``map()`` with nothing to share: what the
-    standard ``_process_chunk`` does.  Sent in its place, it pickles smaller
-    than ``partial(_process_chunk, fn)``."""
-    return [fn(*args) for args in chunk]
+def _map_chunk(fn: Callable[..., Any], items: tuple) -> list:
+    """Worker side of one chunk of ``map()`` over one iterable."""
+    return list(map(fn, items))
+
+
+def _starmap_chunk(fn: Callable[..., Any], chunk: tuple) -> list:
+    """Worker side of one chunk of ``map()`` over several iterables: a tuple
+    of argument tuples."""
+    return list(itertools.starmap(fn, chunk))
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> _Task:
@@ -1440,17 +1444,6 @@ class _CloudArgPickler(cloudpickle.Pickler):
 
 _batch = threading.local()     # the map() call this thread is submitting for
 
-# What the standard map() submits for each chunk: partial(_process_chunk, fn)
-# and a tuple of argument tuples.  A private name, only compared against (never
-# called or changed): it lets a chunk of tasks with nothing to share take the
-# standard path like a single such task (run by _plain_chunk, which does the
-# same one line).  Without it, chunks take ours, which is slower but correct.
-try:
-    from concurrent.futures.process import _process_chunk
-except ImportError:             # pragma: no cover - another implementation
-    _process_chunk = None
-
-
 class _ByName:
     """A ``__main__`` function in a task with nothing to share: it pickles
     as the function's name with its by-value copy, for a worker whose
@@ -1490,23 +1483,23 @@ def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool) -> tuple[Any, t
     Such a task is a function plain pickle can send (see
     ``_plain_function``) with arguments made of Python's and numpy's
     scalars, also inside tuples, lists and dicts (``_ARGS_DEPTH``), sent
-    as it is; or one chunk of the standard ``map()`` over such a
-    function: a partial of its chunk runner and a tuple of argument tuples
-    (run by ``_plain_chunk``).  A list changed after submit() is pickled as
+    as it is; or one chunk of our ``map()`` over such a function (run by
+    ``_map_chunk`` or ``_starmap_chunk``).  A list changed after submit() is pickled as
     it is then, as the standard executor does (an array put into it goes by
     value).  The arguments are checked in C: a Python loop takes ~40 ns per
     value, 4 us for a chunk of 100, which costs the parent about 70 us."""
     only = _ext.only_types
     if kwargs and not only(kwargs, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
-    if (type(fn) is functools.partial and fn.func is _process_chunk
-            and _process_chunk is not None and not fn.keywords and len(fn.args) == 1
-            and len(args) == 1 and type(args[0]) is tuple):
-        # The chunk: a tuple of argument tuples, one level more.
-        if kwargs or not only(args[0], _ATOMIC_TYPES, _ARGS_DEPTH + 1):
+    if (fn is _map_chunk or fn is _starmap_chunk) and len(args) == 2 and not kwargs:
+        # One chunk of our map(): its items are arguments, one level more
+        # for several iterables' argument tuples.
+        inner, chunk = args
+        depth = _ARGS_DEPTH if fn is _map_chunk else _ARGS_DEPTH + 1
+        if type(chunk) is not tuple or not only(chunk, _ATOMIC_TYPES, depth):
             return None
-        inner = _plain_function(fn.args[0], pool)
-        return None if inner is None else (_plain_chunk, (inner, args[0]))
+        plain_inner = _plain_function(inner, pool)
+        return None if plain_inner is None else (fn, (plain_inner, chunk))
     if not only(args, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
     plain_fn = _plain_function(fn, pool)
@@ -1688,6 +1681,37 @@ def _wound_down(key: int, pid: int) -> None:
         _winding_down.pop(key, None)
 
 
+def _result_of(future: Future, end_time: float | None) -> Any:
+    """One of map()'s results; the future is cancelled if it has none yet
+    (a timeout), and no reference to it is kept."""
+    try:
+        try:
+            return future.result(None if end_time is None else end_time - time.monotonic())
+        finally:
+            future.cancel()
+    finally:
+        del future
+
+
+def _map_results(fs: list[Future], end_time: float | None, chunked: bool) -> Iterator[Any]:
+    """map()'s results in order, as the standard one yields them: each
+    dropped once yielded, a chunk's error raised where the chunk begins, and
+    the tasks not yet waited for cancelled when the iterator is closed."""
+    try:
+        fs.reverse()
+        while fs:
+            if chunked:
+                results = _result_of(fs.pop(), end_time)
+                results.reverse()
+                while results:
+                    yield results.pop()
+            else:
+                yield _result_of(fs.pop(), end_time)
+    finally:
+        for future in fs:
+            future.cancel()
+
+
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` that shares numpy arrays.
 
@@ -1780,12 +1804,38 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None,
             chunksize: int = 1, **kwargs: Any) -> Any:
         """As the standard ``map``; an array passed to many tasks is copied once."""
+        if kwargs:
+            # A newer standard map()'s options (buffersize): its own map(),
+            # whose chunks go through our pickler.
+            return self._submitting_batch(super().map, fn, *iterables, timeout=timeout,
+                                          chunksize=chunksize, **kwargs)
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        fs = self._submitting_batch(self._submit_all, fn, iterables, chunksize)
+        return _map_results(fs, end_time, chunksize > 1)
+
+    def _submit_all(self, fn: Callable[..., Any], iterables: tuple,
+                    chunksize: int) -> list[Future]:
+        """map()'s tasks, all submitted now: one per item, or one per chunk
+        (items of one iterable, or argument tuples of several), each sent
+        as the standard path sends a task when it holds nothing to share."""
+        if chunksize == 1:
+            return [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        if len(iterables) == 1:
+            runner, source = _map_chunk, iter(iterables[0])
+        else:
+            runner, source = _starmap_chunk, zip(*iterables, strict=False)
+        chunks = iter(lambda: tuple(itertools.islice(source, chunksize)), ())
+        return [self.submit(runner, fn, chunk) for chunk in chunks]
+
+    def _submitting_batch(self, submit: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``submit`` as one ``map()`` call: its tasks share copies."""
         batch = _Batch()
         outer = getattr(_batch, "current", None)
         _batch.current = batch
         try:
-            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
-                               **kwargs)
+            return submit(*args, **kwargs)
         finally:
             _batch.current = outer
             batch.submitting = False

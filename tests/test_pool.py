@@ -265,6 +265,60 @@ def test_map_timeout(pool, tmp_path):
     assert pool.submit(square, 3).result() == 9
 
 
+def total(x: Any) -> float:
+    return float(np.sum(x))
+
+
+def fail_on_five(x: int) -> int:
+    if x == 5:
+        raise ValueError("five")
+    return x
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 3, 100])
+def test_map_yields_what_the_builtin_map_does(pool, chunksize, tasks_of_ours):
+    """Our map() makes its own chunks: items of one iterable (a tuple among
+    them stays one argument) or argument tuples of several iterables (to
+    the shortest); every result once, in order.  A chunk with nothing to
+    share takes the standard path; one with an array, ours."""
+    items = [(1, 2), (3,), 4, "s", None, [5, (6,)], {"k": 7.5}] * 3
+    assert list(pool.map(repr, items, chunksize=chunksize)) == list(map(repr, items))
+    assert (list(pool.map(pow, range(10), [2] * 7, chunksize=chunksize))
+            == list(map(pow, range(10), [2] * 7)))
+    assert list(pool.map(square, [], chunksize=chunksize)) == []
+    assert list(pool.map(getpid, chunksize=chunksize)) == []
+    assert not tasks_of_ours
+    mixed = [1, np.ones(3), 2, 3, np.full(2, 2.0)]
+    assert list(pool.map(total, mixed, chunksize=chunksize)) == [1.0, 3.0, 2.0, 3.0, 4.0]
+    with_arrays = {1: 2, 2: 2, 3: 2, 100: 1}[chunksize]
+    assert len(tasks_of_ours) == with_arrays
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_raises_an_error_where_its_chunk_begins(pool, chunksize):
+    """As the standard map(): the results before the failing task's chunk,
+    then its error, and the iterator is finished."""
+    it = pool.map(fail_on_five, range(12), chunksize=chunksize)
+    before = 5 if chunksize == 1 else 4
+    assert [next(it) for _ in range(before)] == list(range(before))
+    with pytest.raises(ValueError, match="five"):
+        next(it)
+    assert list(it) == []
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(square, [1], chunksize=0)
+
+
+def test_map_drops_each_result_once_yielded(pool):
+    """A chunk's results are not kept by the iterator after they are
+    yielded (the standard map's promise, chunks included)."""
+    for chunksize in (1, 3):
+        for obj in pool.map(Box, range(6), chunksize=chunksize):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None
+
+
 def test_worker_exception_carries_remote_traceback(pool):
     fut = pool.submit(raise_value_error, "boom 42")
     with pytest.raises(ValueError, match="boom 42") as info:
@@ -1640,11 +1694,10 @@ def test_resubmitted_array_is_matched_against_its_released_copy(start_method, mo
 
 
 def test_tasks_with_nothing_to_share_are_recognised(pool):
-    """Such tasks (also the standard map()'s chunks of them) travel as the
-    standard executor sends them; anything with an array, a function sent
-    by value or another object goes through our pickler."""
+    """Such tasks (also our map()'s chunks of them) travel as the standard
+    executor sends them; anything with an array, a function sent by value
+    or another object goes through our pickler."""
     import functools
-    from concurrent.futures.process import _process_chunk
 
     parent = pool._sa_pool
 
@@ -1653,10 +1706,11 @@ def test_tasks_with_nothing_to_share_are_recognised(pool):
 
     assert sa_pool._plain_call(square, (3,), {}, parent) == (square, (3,))
     assert plain(abs, (-3,), {"k": None})
-    chunk = ((1,), (2,))
-    assert (sa_pool._plain_call(functools.partial(_process_chunk, square), (chunk,), {},
-                                parent)
-            == (sa_pool._plain_chunk, (square, chunk)))
+    items, chunk = (1, [2]), ((1, 2), (3, [4]))
+    assert (sa_pool._plain_call(sa_pool._map_chunk, (square, items), {}, parent)
+            == (sa_pool._map_chunk, (square, items)))
+    assert (sa_pool._plain_call(sa_pool._starmap_chunk, (square, chunk), {}, parent)
+            == (sa_pool._starmap_chunk, (square, chunk)))
     assert not plain(square, (np.ones(3),), {})
     # Containers of scalars, two levels inside an argument; not an array in them.
     assert plain(square, ([1, 2], {"k": (1, 2.5)}, ((None,),)), {"kw": [{"a": 1}]})
@@ -1667,11 +1721,15 @@ def test_tasks_with_nothing_to_share_are_recognised(pool):
     assert not plain(square, (1,), {"a": np.ones(3)})
     assert not plain(square, (1,), {"a": [np.ones(3)]})
     assert not plain(lambda x: x, (1,), {})
-    assert not plain(functools.partial(_process_chunk, lambda x: x), (((1,),),), {})
-    assert not plain(functools.partial(_process_chunk, square), (((np.ones(3),),),), {})
-    assert plain(functools.partial(_process_chunk, square), (((1,), ([2, 3],)),), {})
-    assert not plain(functools.partial(_process_chunk, square), (((1,), ([np.ones(3)],)),), {})
-    assert not plain(functools.partial(_process_chunk, square), ({(1,): 2},), {})
+    for runner in (sa_pool._map_chunk, sa_pool._starmap_chunk):
+        assert not plain(runner, (lambda x: x, ((1,),)), {})
+        assert not plain(runner, (square, ((np.ones(3),),)), {})
+        assert not plain(runner, (square, ((1,), ([np.ones(3)],))), {})
+        assert not plain(runner, (square, [(1,)]), {})            # not our chunk
+        assert not plain(runner, (square, ((1,),)), {"k": 1})
+    assert plain(sa_pool._map_chunk, (square, ([[2, 3]],)), {})
+    assert not plain(sa_pool._map_chunk, (square, ([[[2]]],)), {})    # deeper
+    assert plain(sa_pool._starmap_chunk, (square, (([[2]],),)), {})
     assert not plain(functools.partial(square), (1,), {})
     # Exact types only: Python's and numpy's scalars; subclasses, records
     # (np.void, which can hold objects) and anything else take our pickler.
