@@ -308,6 +308,16 @@ def test_map_raises_an_error_where_its_chunk_begins(pool, chunksize):
         pool.map(square, [1], chunksize=0)
 
 
+def test_map_passes_newer_options_to_the_standard_map(pool):
+    """An option this map() does not know (3.14's buffersize) is the
+    standard map()'s to take or refuse."""
+    if sys.version_info >= (3, 14):
+        assert list(pool.map(square, range(5), chunksize=2, buffersize=1)) == [0, 1, 4, 9, 16]
+    else:
+        with pytest.raises(TypeError, match="buffersize"):
+            pool.map(square, range(5), buffersize=1)
+
+
 def test_map_drops_each_result_once_yielded(pool):
     """A chunk's results are not kept by the iterator after they are
     yielded (the standard map's promise, chunks included)."""
