@@ -1051,6 +1051,7 @@ def _forget_janitors() -> None:
     global _in_worker
     _all_spares.clear()
     _closing.clear()
+    _managed.clear()            # the parent's; a thread ident may recur here
     _in_worker = False
 
 
@@ -1320,13 +1321,15 @@ class _Pool:
     def config(self) -> _WorkerConfig:
         return _WorkerConfig(self.threshold, self.pid, self.prefix)
 
-    def note_manager(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
+    def note_manager(self, executor: ProcessPoolExecutor) -> None:
         """Remember the executor's manager thread, started by its first
         submit().  The standard executor has no public way to wait for it;
         the attribute is only read."""
         thread = getattr(executor, "_executor_manager_thread", None)
         if isinstance(thread, threading.Thread):
             self.manager = weakref.ref(thread)
+            if thread.ident is not None:
+                _managed[thread.ident] = executor
 
     def close(self) -> None:
         """Shut down or collected: once no result can arrive any more (the
@@ -1679,6 +1682,48 @@ def _wound_down(key: int, pid: int) -> None:
     held (inherited so): there the executor's copy is never freed."""
     if os.getpid() == pid:
         _winding_down.pop(key, None)
+
+
+# Executors by the ident of their manager thread.  When a worker dies, the
+# manager thread fails the pending futures (their callbacks run there) and
+# joins the workers, from Python 3.12 holding the same shutdown lock: an
+# executor dropped in a reference cycle and freed by a collection there
+# would wait for itself in the same way.  Nothing says in advance that a
+# pool will break, so a collection starting in the manager thread of a
+# broken pool keeps its executor alive (reachable, so not collected) until
+# that thread has ended.
+_managed: weakref.WeakValueDictionary[int, ProcessPoolExecutor] = \
+    weakref.WeakValueDictionary()
+
+
+def _before_collection(phase: str, info: dict[str, int]) -> None:
+    """``gc.callbacks`` entry: see ``_managed``.  The pool is broken once
+    the standard executor's ``_broken`` is set, which its manager thread
+    does first when it finds a worker gone (read only)."""
+    if phase != "start" or not _managed:
+        return
+    executor = _managed.get(threading.get_ident())
+    if executor is None or not getattr(executor, "_broken", False):
+        return
+    thread = executor._sa_pool.manager()
+    key = id(executor)
+    if thread is not threading.current_thread() or key in _winding_down:
+        return
+    _winding_down[key] = executor
+    try:
+        # Not Thread.start(), which waits for the new thread: the lock is
+        # held here (see _Janitor).
+        _Janitor(0.0, functools.partial(_wound_down_after, thread, key, os.getpid()))
+    except RuntimeError:
+        pass        # the interpreter exits: kept until then
+
+
+def _wound_down_after(thread: threading.Thread, key: int, pid: int) -> None:
+    thread.join()
+    _wound_down(key, pid)
+
+
+gc.callbacks.append(_before_collection)
 
 
 def _result_of(future: Future, end_time: float | None) -> Any:

@@ -2036,6 +2036,74 @@ def test_an_executor_dropped_after_shutdown_without_wait_is_not_freed_in_its_man
         proc.stdout + proc.stderr)
 
 
+BROKEN_WHILE_DROPPED = r'''
+import gc, os, signal, sys, threading, time, weakref
+import multiprocessing as mp, multiprocessing.process as mpp
+from concurrent.futures.process import BrokenProcessPool
+import sharedarray as sa
+
+
+class Cycle:
+    def __init__(self, ex):
+        self.ex = ex
+        self.me = self
+
+
+_join = mpp.BaseProcess.join
+ref = None
+alive_in_manager = []
+
+
+def join(self, timeout=None):
+    # A broken pool's manager thread joins its workers holding the
+    # executor's shutdown lock (Python 3.12+): a collection runs there.
+    if threading.current_thread() is not threading.main_thread():
+        gc.collect()
+        alive_in_manager.append(ref() is not None)
+    return _join(self, timeout)
+
+
+mpp.BaseProcess.join = join
+gc.disable()                      # collections only where this script makes them
+ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
+assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+manager = ex._executor_manager_thread
+victim = next(iter(ex._processes))
+ref = weakref.ref(ex)
+fut = ex.submit(time.sleep, 60)
+Cycle(ex)
+del ex                            # garbage in a cycle, its pool still running
+os.kill(victim, signal.SIGKILL)
+try:
+    fut.result(timeout=60)
+except BrokenProcessPool:
+    pass
+manager.join(timeout=60)
+if manager.is_alive():
+    print("manager stuck", flush=True)
+    os._exit(3)
+del manager, fut
+for _ in range(3000):             # its keeper lets it go once the manager has ended
+    gc.collect()
+    if ref() is None:
+        break
+    time.sleep(0.01)
+print("kept", all(alive_in_manager) and bool(alive_in_manager), "freed", ref() is None)
+'''
+
+
+def test_a_dropped_executor_whose_pool_breaks_is_not_freed_in_its_manager(start_method):
+    """A worker dies while its executor is garbage in a reference cycle.
+    The manager thread fails the futures and joins the workers holding the
+    shutdown lock (Python 3.12+), which the standard executor's weakref
+    callback takes: a collection there must not free the executor.  It is
+    kept until the manager thread has ended, then freed."""
+    proc = run_python(BROKEN_WHILE_DROPPED, start_method, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "kept True freed True", (
+        proc.stdout + proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 FORK_WHILE_WINDING_DOWN = r'''
 import gc, os, threading, multiprocessing as mp, multiprocessing.process as mpp
 import sharedarray as sa
