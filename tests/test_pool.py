@@ -1981,8 +1981,13 @@ def test_a_clean_up_that_cannot_finish_does_not_hang_the_exit():
     assert proc.stdout.strip() == "exiting" and proc.returncode == 0, proc.stderr
 
 
-WINDING_DOWN = r'''
-import gc, sys, threading, weakref, multiprocessing as mp, multiprocessing.process as mpp
+# A script's start: from Python 3.12 the standard executor's manager thread
+# joins the workers it stopped holding the executor's shutdown lock; this
+# runs a collection there and then, and notes whether the executor (``ref``)
+# still lived after it.
+COLLECTING_IN_MANAGER = r'''
+import gc, os, signal, sys, threading, time, weakref
+import multiprocessing as mp, multiprocessing.process as mpp
 import sharedarray as sa
 
 
@@ -1995,18 +2000,22 @@ class Cycle:
 
 
 _join = mpp.BaseProcess.join
+ref = None
+alive_in_manager = []
 
 
 def join(self, timeout=None):
-    # The manager thread joins the workers it stopped, from Python 3.12 with
-    # the executor's shutdown lock held: a collection runs there and then.
     if threading.current_thread() is not threading.main_thread():
         gc.collect()
+        alive_in_manager.append(ref is not None and ref() is not None)
     return _join(self, timeout)
 
 
 mpp.BaseProcess.join = join
 gc.disable()                      # collections only where this script makes them
+'''
+
+WINDING_DOWN = COLLECTING_IN_MANAGER + r'''
 ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
 assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
 manager = ex._executor_manager_thread
@@ -2019,7 +2028,7 @@ gc.collect()
 kept = ref() is not None          # the thread object still exists
 del manager
 gc.collect()
-print("kept", kept, "freed", ref() is None)
+print("kept", kept and all(alive_in_manager), "freed", ref() is None)
 '''
 
 
@@ -2036,35 +2045,9 @@ def test_an_executor_dropped_after_shutdown_without_wait_is_not_freed_in_its_man
         proc.stdout + proc.stderr)
 
 
-BROKEN_WHILE_DROPPED = r'''
-import gc, os, signal, sys, threading, time, weakref
-import multiprocessing as mp, multiprocessing.process as mpp
+BROKEN_WHILE_DROPPED = COLLECTING_IN_MANAGER + r'''
 from concurrent.futures.process import BrokenProcessPool
-import sharedarray as sa
 
-
-class Cycle:
-    def __init__(self, ex):
-        self.ex = ex
-        self.me = self
-
-
-_join = mpp.BaseProcess.join
-ref = None
-alive_in_manager = []
-
-
-def join(self, timeout=None):
-    # A broken pool's manager thread joins its workers holding the
-    # executor's shutdown lock (Python 3.12+): a collection runs there.
-    if threading.current_thread() is not threading.main_thread():
-        gc.collect()
-        alive_in_manager.append(ref() is not None)
-    return _join(self, timeout)
-
-
-mpp.BaseProcess.join = join
-gc.disable()                      # collections only where this script makes them
 ex = sa.ProcessPoolExecutor(2, mp.get_context(sys.argv[1]))
 assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
 manager = ex._executor_manager_thread
