@@ -1487,9 +1487,9 @@ def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool) -> tuple[Any, t
     ``_plain_function``) with arguments made of Python's and numpy's
     scalars, also inside tuples, lists and dicts (``_ARGS_DEPTH``), sent
     as it is; or one chunk of our ``map()`` over such a function (run by
-    ``_map_chunk`` or ``_starmap_chunk``).  A list changed after submit() is pickled as
-    it is then, as the standard executor does (an array put into it goes by
-    value).  The arguments are checked in C: a Python loop takes ~40 ns per
+    ``_map_chunk`` or ``_starmap_chunk``).  A list changed after submit()
+    is pickled as it is then, as the standard executor does (an array put
+    into it goes by value).  The arguments are checked in C: a Python loop takes ~40 ns per
     value, 4 us for a chunk of 100, which costs the parent about 70 us."""
     only = _ext.only_types
     if kwargs and not only(kwargs, _ATOMIC_TYPES, _ARGS_DEPTH):
@@ -1862,9 +1862,11 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     def _submit_all(self, fn: Callable[..., Any], iterables: tuple,
                     chunksize: int) -> list[Future]:
-        """map()'s tasks, all submitted now: one per item, or one per chunk
-        (items of one iterable, or argument tuples of several), each sent
-        as the standard path sends a task when it holds nothing to share."""
+        """map()'s tasks, all submitted now: ``fn(*args)`` per item, or one
+        task per chunk, a flat tuple of one iterable's items or a tuple of
+        several iterables' argument tuples, where the standard map() wraps
+        every task in a chunk runner with a tuple of argument tuples.  A
+        chunk with nothing to share takes the standard path (_plain_call)."""
         if chunksize == 1:
             return [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
         if len(iterables) == 1:
