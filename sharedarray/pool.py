@@ -1489,8 +1489,9 @@ def _plain_call(fn: Any, args: tuple, kwargs: dict, pool: _Pool) -> tuple[Any, t
     as it is; or one chunk of our ``map()`` over such a function (run by
     ``_map_chunk`` or ``_starmap_chunk``).  A list changed after submit()
     is pickled as it is then, as the standard executor does (an array put
-    into it goes by value).  The arguments are checked in C: a Python loop takes ~40 ns per
-    value, 4 us for a chunk of 100, which costs the parent about 70 us."""
+    into it goes by value).  The arguments are checked in C: a Python loop
+    takes ~40 ns per value, 4 us for a chunk of 100, which costs the parent
+    about 70 us."""
     only = _ext.only_types
     if kwargs and not only(kwargs, _ATOMIC_TYPES, _ARGS_DEPTH):
         return None
@@ -1655,43 +1656,48 @@ def _close_collected(pool: _Pool) -> None:
     pool.close()
 
 
-# Executors shut down without waiting, kept alive until their manager
-# thread has ended.  From Python 3.12 that thread holds the executor's
-# shutdown lock while it stops the workers and joins them and its feeder
-# thread, and the standard executor's weakref callback, run when the
-# executor is freed, takes the same lock: freed in one of those threads (by
-# a collection there, the executor being garbage in a cycle), it waits for
-# itself, and the interpreter's exit waits for it.  Alive until the thread
-# is gone, the executor cannot be freed while the lock is held.
+# Executors kept alive until their manager thread has ended: shut down
+# without waiting, or whose pool broke.  From Python 3.12 that thread holds
+# the executor's shutdown lock while it stops the workers and joins them
+# and its feeder thread (a broken pool: also while it fails the pending
+# futures, whose callbacks run there), and the standard executor's weakref
+# callback, run when the executor is freed, takes the same lock: freed in
+# one of those threads (by a collection there, the executor being garbage
+# in a cycle), it waits for itself, and the interpreter's exit waits for
+# it.  Alive until the thread is gone, the executor cannot be freed while
+# the lock is held.  In a forked child, where no janitor runs, the copy is
+# never freed (the lock may have been held at the fork, inherited so).
 _winding_down: dict[int, ProcessPoolExecutor] = {}
 
 
 def _keep_until_wound_down(executor: ProcessPoolExecutor) -> None:
     """Keep ``executor`` alive until its manager thread (if any, see
-    ``_Pool.note_manager``) has ended."""
+    ``_Pool.note_manager``) has ended; a janitor waits for it.  Not
+    Thread.start(), which waits for the new thread: the caller may hold
+    the lock (see _Janitor)."""
     thread = executor._sa_pool.manager()
-    if thread is None or id(executor) in _winding_down:
+    key = id(executor)
+    if thread is None or key in _winding_down:
         return
-    _winding_down[id(executor)] = executor
-    weakref.finalize(thread, _wound_down, id(executor), os.getpid())
+    _winding_down[key] = executor
+    try:
+        _Janitor(0.0, functools.partial(_wound_down, thread, key, os.getpid()))
+    except RuntimeError:
+        pass        # the interpreter exits: kept until then
 
 
-def _wound_down(key: int, pid: int) -> None:
-    """The manager thread is gone: let its executor go.  Not in a forked
-    child, where the thread's copy goes at the fork while the lock may be
-    held (inherited so): there the executor's copy is never freed."""
+def _wound_down(thread: threading.Thread, key: int, pid: int) -> None:
+    """The janitor's work: once ``thread`` has ended, let its executor go
+    (only in the process that kept it)."""
+    thread.join()
     if os.getpid() == pid:
         _winding_down.pop(key, None)
 
 
-# Executors by the ident of their manager thread.  When a worker dies, the
-# manager thread fails the pending futures (their callbacks run there) and
-# joins the workers, from Python 3.12 holding the same shutdown lock: an
-# executor dropped in a reference cycle and freed by a collection there
-# would wait for itself in the same way.  Nothing says in advance that a
-# pool will break, so a collection starting in the manager thread of a
-# broken pool keeps its executor alive (reachable, so not collected) until
-# that thread has ended.
+# Executors by the ident of their manager thread.  Nothing says in advance
+# that a pool will break, so a collection starting in the manager thread of
+# a broken pool keeps its executor alive (reachable, so not collected) as
+# above.
 _managed: weakref.WeakValueDictionary[int, ProcessPoolExecutor] = \
     weakref.WeakValueDictionary()
 
@@ -1703,24 +1709,9 @@ def _before_collection(phase: str, info: dict[str, int]) -> None:
     if phase != "start" or not _managed:
         return
     executor = _managed.get(threading.get_ident())
-    if executor is None or not getattr(executor, "_broken", False):
-        return
-    thread = executor._sa_pool.manager()
-    key = id(executor)
-    if thread is not threading.current_thread() or key in _winding_down:
-        return
-    _winding_down[key] = executor
-    try:
-        # Not Thread.start(), which waits for the new thread: the lock is
-        # held here (see _Janitor).
-        _Janitor(0.0, functools.partial(_wound_down_after, thread, key, os.getpid()))
-    except RuntimeError:
-        pass        # the interpreter exits: kept until then
-
-
-def _wound_down_after(thread: threading.Thread, key: int, pid: int) -> None:
-    thread.join()
-    _wound_down(key, pid)
+    if (executor is not None and getattr(executor, "_broken", False)
+            and executor._sa_pool.manager() is threading.current_thread()):
+        _keep_until_wound_down(executor)
 
 
 gc.callbacks.append(_before_collection)
@@ -1730,10 +1721,10 @@ def _result_of(future: Future, end_time: float | None) -> Any:
     """One of map()'s results; the future is cancelled if it has none yet
     (a timeout), and no reference to it is kept."""
     try:
-        try:
-            return future.result(None if end_time is None else end_time - time.monotonic())
-        finally:
-            future.cancel()
+        return future.result(None if end_time is None else end_time - time.monotonic())
+    except BaseException:
+        future.cancel()
+        raise
     finally:
         del future
 

@@ -2011,6 +2011,17 @@ def join(self, timeout=None):
     return _join(self, timeout)
 
 
+def freed(ref):
+    """Whether the executor is freed once its keeper lets it go (after its
+    manager thread has ended)."""
+    for _ in range(3000):
+        gc.collect()
+        if ref() is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 mpp.BaseProcess.join = join
 gc.disable()                      # collections only where this script makes them
 '''
@@ -2024,11 +2035,8 @@ Cycle(ex)
 ex.shutdown(wait=False)
 del ex
 manager.join()
-gc.collect()
-kept = ref() is not None          # the thread object still exists
 del manager
-gc.collect()
-print("kept", kept and all(alive_in_manager), "freed", ref() is None)
+print("kept", all(alive_in_manager) and bool(alive_in_manager), "freed", freed(ref))
 '''
 
 
@@ -2066,12 +2074,7 @@ if manager.is_alive():
     print("manager stuck", flush=True)
     os._exit(3)
 del manager, fut
-for _ in range(3000):             # its keeper lets it go once the manager has ended
-    gc.collect()
-    if ref() is None:
-        break
-    time.sleep(0.01)
-print("kept", all(alive_in_manager) and bool(alive_in_manager), "freed", ref() is None)
+print("kept", all(alive_in_manager) and bool(alive_in_manager), "freed", freed(ref))
 '''
 
 
@@ -2116,11 +2119,14 @@ import warnings
 warnings.simplefilter("ignore", DeprecationWarning)   # fork beside threads, on purpose
 pid = os.fork()
 if pid == 0:
-    # The child's copy of the manager thread may be freed there (CPython
-    # does not today): its finalizer would run as here.  The executor's
-    # copy must stay, or its callback waits for the lock held at the fork.
+    # No janitor is copied by the fork; were one's work to run here (its
+    # thread ended), the executor's copy must still stay, or its callback
+    # waits for the lock held at the fork.
+    ended = threading.Thread(target=int)
+    ended.start()
+    ended.join()
     for key in list(sa_pool._winding_down):
-        sa_pool._wound_down(key, parent)
+        sa_pool._wound_down(ended, key, parent)
     gc.collect()
     os._exit(0 if sa_pool._winding_down else 3)
 _, status = os.waitpid(pid, 0)
